@@ -1,0 +1,109 @@
+"""Shared fixtures: a synthetic corpus, a SentencePiece model trained on it with the challenge's
+settings, shards built from it by data/build.py, and helpers to run train_gpt.py on the CPU.
+Nothing here reads ../shared: a fresh clone makes everything it tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "data"))
+
+VOCAB_SIZE = 512
+VAL_DOCS = 40
+SHARD_TOKENS = 20_000
+
+# Text the tests' tokenizer must cope with: digits, byte-fallback characters (emoji, CJK),
+# accents, punctuation, runs of spaces, leading spaces and line breaks.
+SPECIAL_WORDS = ["😀", "数据集", "naïve", "café", "Ωmega", "—", "“quoted”", "3.14159", "x²", "🚀🚀"]
+
+
+def make_documents(n: int, seed: int) -> list[str]:
+    """Documents from a word-level Markov chain over invented words: a model can learn it, so a
+    short training run must lower the loss."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "ri", "men", "sa", "lo", "pe", "dun", "vi", "ra", "no", "tel", "mu", "shi", "ba"]
+    vocab = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(1500)})
+    successors = {w: rng.sample(vocab, 4) for w in vocab}
+    docs = []
+    for _ in range(n):
+        word, sentences = rng.choice(vocab), []
+        for _ in range(rng.randint(2, 6)):
+            words = []
+            for _ in range(rng.randint(4, 12)):
+                word = rng.choice(successors[word]) if rng.random() < 0.9 else rng.choice(vocab)
+                words.append(word)
+            if rng.random() < 0.3:
+                words.insert(rng.randrange(len(words)), str(rng.randint(0, 99999)))
+            if rng.random() < 0.15:
+                words.append(rng.choice(SPECIAL_WORDS))
+            sentences.append(" ".join(words).capitalize() + rng.choice([".", "!", "?", ",", ";  "]))
+        text = (" " if rng.random() < 0.2 else "") + " ".join(sentences)
+        docs.append(text + ("\n\nP.S. " + rng.choice(vocab) if rng.random() < 0.2 else ""))
+    return docs
+
+
+def write_jsonl(path: Path, docs: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", make_documents(1200, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory, corpus) -> Path:
+    from shards import iter_documents, train_tokenizer
+    return train_tokenizer(iter_documents([corpus]), VOCAB_SIZE, tmp_path_factory.mktemp("tok") / "test_512")
+
+
+@pytest.fixture(scope="session")
+def sp(tokenizer_path):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, corpus, tokenizer_path) -> Path:
+    import build
+    out = tmp_path_factory.mktemp("data") / "synthetic_sp512"
+    build.main([str(corpus), "--out", str(out), "--tokenizer", str(tokenizer_path), "--val-docs", str(VAL_DOCS),
+                "--shard-tokens", str(SHARD_TOKENS), "--quiet"])
+    return out
+
+
+def tiny_env(dataset: Path, tokenizer: Path, **overrides) -> dict[str, str]:
+    """A configuration that trains end to end on two CPU cores in a few seconds. MODEL_DIM=192
+    makes the embedding and the MLP matrices big enough for the int8 path of the export."""
+    env = dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), VOCAB_SIZE=str(VOCAB_SIZE), NUM_LAYERS="2",
+               MODEL_DIM="192", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="1024",
+               VAL_BATCH_SIZE="4096", ITERATIONS="30", WARMUP_STEPS="2", WARMDOWN_ITERS="10", VAL_LOSS_EVERY="0",
+               TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", COMPILE="0", SEED="1", MATRIX_LR="0.04",
+               TIED_EMBED_LR="0.1", SCALAR_LR="0.04")
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def run_train(cwd: Path, env: dict[str, str], nproc: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs train_gpt.py in cwd: plainly (nproc=0) or under torchrun with nproc processes."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    full_env.update(env, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=full_env.get("OMP_NUM_THREADS", "2"))
+    script = str(ROOT / "train_gpt.py")
+    cmd = [sys.executable, script] if nproc == 0 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_losses(output: str) -> dict[int, float]:
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"^step:(\d+)/\d+ train_loss:([\d.]+) ", output, re.M)}

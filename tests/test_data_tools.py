@@ -1,0 +1,289 @@
+"""data/: shard format, building from documents, verification and downloading (against a local
+stand-in for the hub)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import http.server
+import json
+import lzma
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import build
+import download
+import shards
+import train_gpt
+import verify
+from conftest import ROOT, SHARD_TOKENS, VAL_DOCS, make_documents, write_jsonl
+
+
+# ---- the format -------------------------------------------------------------------------------
+
+def test_shard_round_trip_between_data_tools_and_train_gpt(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 65535, size=12345, dtype=np.uint16)
+    path = tmp_path / "fineweb_train_000000.bin"
+    shards.write_shard(path, tokens)
+    assert path.stat().st_size == 1024 + 2 * tokens.size
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert list(header[:3]) == [20240520, 1, tokens.size] and not header[3:].any()
+    np.testing.assert_array_equal(shards.read_tokens(path), tokens)
+    np.testing.assert_array_equal(train_gpt.load_shard(path, vocab_size=65536), tokens)
+    assert not list(tmp_path.glob("*.tmp*")), "the temporary file must be renamed away"
+
+
+@pytest.mark.parametrize("damage", ["magic", "version", "truncated", "extra"])
+def test_both_readers_reject_damaged_shards(tmp_path, damage):
+    path = tmp_path / "fineweb_val_000000.bin"
+    shards.write_shard(path, np.arange(100, dtype=np.uint16))
+    data = bytearray(path.read_bytes())
+    if damage == "magic":
+        data[0:4] = (123).to_bytes(4, "little")
+    elif damage == "version":
+        data[4:8] = (2).to_bytes(4, "little")
+    elif damage == "truncated":
+        data = data[:-2]
+    else:
+        data += b"\0\0"
+    path.write_bytes(bytes(data))
+    with pytest.raises(shards.ShardError):
+        shards.read_header(path)
+    with pytest.raises(train_gpt.ConfigError, match=str(path)):
+        train_gpt.read_shard_header(path)
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def test_build_splits_documents_and_writes_bos_per_document(dataset, sp, corpus):
+    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    val = np.concatenate([shards.read_tokens(p) for p in sorted(dataset.glob("fineweb_val_*.bin"))])
+    train = np.concatenate([shards.read_tokens(p) for p in sorted(dataset.glob("fineweb_train_*.bin"))])
+    expected_val = np.concatenate([[1] + sp.encode(d) for d in docs[:VAL_DOCS]])
+    expected_train = np.concatenate([[1] + sp.encode(d) for d in docs[VAL_DOCS:]])
+    np.testing.assert_array_equal(val, expected_val)
+    np.testing.assert_array_equal(train, expected_train)
+    assert np.count_nonzero(val == 1) == VAL_DOCS and 2 not in val, "BOS per document, no EOS"
+    sizes = [shards.read_header(p) for p in sorted(dataset.glob("fineweb_train_*.bin"))]
+    assert all(s == SHARD_TOKENS for s in sizes[:-1]) and 0 < sizes[-1] <= SHARD_TOKENS
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["splits"]["val"] == dict(docs=VAL_DOCS, tokens=val.size,
+                                             text_bytes=sum(len(d.encode()) for d in docs[:VAL_DOCS]))
+    assert manifest["splits"]["train"]["tokens"] == train.size
+    assert manifest["tokenizer"]["vocab_size"] == sp.vocab_size()
+    assert [s["name"] for s in manifest["shards"]] == ["fineweb_val_000000.bin"] + [
+        f"fineweb_train_{i:06d}.bin" for i in range(len(sizes))]
+
+
+def test_build_is_deterministic_and_reads_every_compression(tmp_path, corpus, tokenizer_path, dataset):
+    text = corpus.read_bytes()
+    variants = {"docs.jsonl.gz": gzip.compress(text), "docs.jsonl.xz": lzma.compress(text),
+                "docs.jsonl.bz2": bz2.compress(text)}
+    for name, blob in variants.items():
+        src = tmp_path / name
+        src.write_bytes(blob)
+        out = tmp_path / name.replace(".", "_")
+        build.main([str(src), "--out", str(out), "--tokenizer", str(tokenizer_path), "--val-docs", str(VAL_DOCS),
+                    "--shard-tokens", str(SHARD_TOKENS), "--quiet", "--threads", "1"])
+        for shard in sorted(dataset.glob("fineweb_*.bin")):
+            assert (out / shard.name).read_bytes() == shard.read_bytes(), (name, shard.name)
+    # Same input, same bytes, manifest included (the input file name is the same).
+    again = tmp_path / "again"
+    shutil.copy(corpus, tmp_path / corpus.name)
+    build.main([str(tmp_path / corpus.name), "--out", str(again), "--tokenizer", str(tokenizer_path),
+                "--val-docs", str(VAL_DOCS), "--shard-tokens", str(SHARD_TOKENS), "--quiet"])
+    for path in sorted(dataset.iterdir()):
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_build_refuses_to_mix_with_old_shards(tmp_path, corpus, tokenizer_path, capsys):
+    args = [str(corpus), "--out", str(tmp_path), "--tokenizer", str(tokenizer_path), "--val-docs", "5", "--quiet"]
+    build.main(args)
+    with pytest.raises(SystemExit):
+        build.main(args)
+    assert "--overwrite" in capsys.readouterr().err
+    build.main(args + ["--overwrite"])
+
+
+def test_build_trains_tokenizer_with_challenge_settings_on_training_docs_only(tmp_path):
+    # The validation documents hold a word that appears nowhere else: a tokenizer trained on them
+    # would learn it as one piece.
+    docs = [f"zqxjv{i} zqxjvzqxjv zqxjv zqxjv" for i in range(30)] + make_documents(300, seed=5)
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    build.main([str(corpus), "--out", str(tmp_path / "ds"), "--train-tokenizer", str(tmp_path / "tok" / "t300"),
+                "--vocab-size", "400", "--val-docs", "30", "--quiet"])
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "t300.model"))
+    assert "▁zqxjv" not in {sp.id_to_piece(i) for i in range(sp.vocab_size())}
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<s>", "</s>", "<unk>"]  # pad/bos/eos/unk 0..3
+    assert sum(sp.is_byte(i) for i in range(sp.vocab_size())) == 256  # byte fallback
+    assert sp.encode("2024", out_type=str) == ["2", "0", "2", "4"]  # split digits
+    assert not sp.encode("hello", out_type=str)[0].startswith("▁")  # no dummy prefix
+    assert sp.encode("ｈｅｌｌｏ") == sp.encode("hello")  # NFKC normalization
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["trainer_settings"] == json.loads(json.dumps(shards.TRAINER_SETTINGS))
+
+
+# ---- verification -----------------------------------------------------------------------------
+
+def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "ds"
+    shutil.copytree(dataset, out)
+    return out
+
+
+def test_verify_accepts_a_good_folder(dataset, tokenizer_path):
+    run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(dataset), "--tokenizer",
+                          str(tokenizer_path), "--val-docs", str(VAL_DOCS)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"val: 1 shards, " in run.stdout and f"{VAL_DOCS:,} BOS" in run.stdout and run.stdout.rstrip().endswith("OK")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("corrupt_header", "bad header"),
+    ("big_token", "token id 600 >= vocabulary size 512"),
+    ("changed_bytes", "sha256 differs"),
+    ("missing_shard", "not numbered"),
+    ("wrong_doc_count", "expected 41"),
+])
+def test_verify_reports_each_problem(dataset, tmp_path, damage, message):
+    folder = copy_dataset(dataset, tmp_path)
+    val_docs = VAL_DOCS
+    first_train = folder / "fineweb_train_000001.bin"
+    if damage == "corrupt_header":
+        data = bytearray(first_train.read_bytes())
+        data[0] ^= 0xFF
+        first_train.write_bytes(bytes(data))
+    elif damage == "big_token":
+        tokens = shards.read_tokens(first_train).copy()
+        tokens[5] = 600
+        shards.write_shard(first_train, tokens)
+    elif damage == "changed_bytes":
+        tokens = shards.read_tokens(first_train).copy()
+        tokens[5] = (tokens[5] + 1) % 500
+        shards.write_shard(first_train, tokens)
+    elif damage == "missing_shard":
+        first_train.unlink()
+    else:
+        val_docs = VAL_DOCS + 1
+    problems, _ = verify.verify(folder, 512, val_docs)
+    assert any(message in p for p in problems), problems
+    run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(folder), "--vocab-size", "512",
+                          "--val-docs", str(val_docs)], capture_output=True, text=True)
+    assert run.returncode == 1 and "FAILED" in run.stdout
+
+
+# ---- downloading ------------------------------------------------------------------------------
+
+class Hub:
+    """A local stand-in for the hub: serves a folder under /datasets/<repo>/resolve/<rev>/ and
+    counts requests. `truncate` names files whose body is cut short (an interrupted transfer)."""
+
+    def __init__(self, root: Path):
+        self.root, self.requests, self.truncate = root, [], set()
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                prefix = "/datasets/willdepueoai/parameter-golf/resolve/main/"
+                hub.requests.append(self.path)
+                path = hub.root / self.path[len(prefix):] if self.path.startswith(prefix) else None
+                if path is None or not path.is_file():
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if path.name in hub.truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def hub(tmp_path, dataset, tokenizer_path):
+    root = tmp_path / "hub" / "datasets"
+    (root / "datasets" / "fineweb10B_sp512").mkdir(parents=True)
+    (root / "tokenizers").mkdir()
+    for shard in dataset.glob("fineweb_*.bin"):
+        shutil.copy(shard, root / "datasets" / "fineweb10B_sp512" / shard.name)
+    shutil.copy(tokenizer_path, root / "tokenizers" / "fineweb_512_bpe.model")
+    n_train = len(list(dataset.glob("fineweb_train_*.bin")))
+    manifest = dict(
+        datasets=[dict(name="fineweb10B_sp512", tokenizer_name="fineweb_512_bpe",
+                       stats=dict(files_train=n_train, files_val=1))],
+        tokenizers=[dict(name="fineweb_512_bpe", model_path="tokenizers/fineweb_512_bpe.model")])
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    server = Hub(tmp_path / "hub")
+    yield server
+    server.server.shutdown()
+
+
+def run_download(endpoint: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "data" / "download.py"), "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, env={"HF_ENDPOINT": endpoint, "PATH": "/usr/bin:/bin"})
+
+
+def test_download_fetches_a_prefix_then_skips_complete_files(hub, tmp_path, dataset):
+    data_dir = tmp_path / "local"
+    run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "2")
+    assert run.returncode == 0, run.stderr
+    local = data_dir / "datasets" / "fineweb10B_sp512"
+    assert sorted(p.name for p in local.iterdir()) == [
+        "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    for path in local.iterdir():
+        assert path.read_bytes() == (dataset / path.name).read_bytes()
+    assert (data_dir / "tokenizers" / "fineweb_512_bpe.model").is_file()
+    hub.requests.clear()
+    run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "3")
+    assert run.returncode == 0 and "1 files downloaded, 4 already complete" in run.stdout, run.stdout
+    assert len(hub.requests) == 1 and hub.requests[0].endswith("fineweb_train_000002.bin")
+
+
+def test_interrupted_download_leaves_no_file_that_looks_complete(hub, tmp_path):
+    data_dir = tmp_path / "local"
+    hub.truncate.add("fineweb_train_000001.bin")
+    run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "2", "--workers", "1")
+    errors = [line for line in run.stderr.splitlines() if not line.startswith("  [")]  # minus progress lines
+    assert run.returncode == 1 and len(errors) == 1 and errors[0].startswith("error: ") and "got 20512 of 41024" in errors[0]
+    local = data_dir / "datasets" / "fineweb10B_sp512"
+    assert not (local / "fineweb_train_000001.bin").exists()
+    assert not [p for p in local.iterdir() if p.name.startswith(".")], "no partial files left behind"
+    hub.truncate.clear()
+    run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "2")
+    assert run.returncode == 0 and shards.read_header(local / "fineweb_train_000001.bin") > 0
+
+
+def test_download_replaces_a_damaged_local_shard(hub, tmp_path, dataset):
+    data_dir = tmp_path / "local"
+    assert run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1").returncode == 0
+    shard = data_dir / "datasets" / "fineweb10B_sp512" / "fineweb_train_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1").returncode == 0
+    assert shard.read_bytes() == (dataset / shard.name).read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "sp9999"], "variant sp9999 is not in the hub's manifest"),
+    (["--variant", "sp512", "--train-shards", "99"], "ask for at most"),
+])
+def test_download_errors_are_one_line(hub, tmp_path, args, message):
+    run = run_download(hub.endpoint, tmp_path / "local", *args)
+    assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_hub_is_one_line_error(tmp_path):
+    run = run_download("http://127.0.0.1:9", tmp_path / "local", "--variant", "sp1024")
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: cannot download") and len(run.stderr.strip().splitlines()) == 1

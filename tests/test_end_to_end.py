@@ -1,0 +1,115 @@
+"""train_gpt.py as users run it, on the CPU with a tiny model: one process, two processes under
+torchrun, and scoring an existing artifact."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from conftest import ROOT, run_train, tiny_env, train_losses
+
+# Every line shape of SPEC.md that tools parse, with what each number must look like.
+F, I = r"(\d+\.\d+)", r"(\d+)"
+SPEC_LINES = {
+    "val": rf"^step:{I}/{I} val_loss:{F} val_bpb:{F} train_time:{I}ms step_avg:{F}ms$",
+    "train": rf"^step:{I}/{I} train_loss:{F} train_time:{I}ms step_avg:{F}ms$",
+    "peak": rf"^peak memory allocated: {I} MiB reserved: {I} MiB$",
+    "serialized": rf"^Serialized model int8\+zlib: {I} bytes \(payload:{I} raw_torch:{I} payload_ratio:{F}x\)$",
+    "total": rf"^Total submission size int8\+zlib: {I} bytes$",
+    "roundtrip": rf"^final_int8_zlib_roundtrip val_loss:{F} val_bpb:{F} eval_time:{I}ms$",
+    "exact": rf"^final_int8_zlib_roundtrip_exact val_loss:(\d+\.\d{{8}}) val_bpb:(\d+\.\d{{8}})$",
+    "model_params": rf"^model_params:{I}$",
+    "world": rf"^world_size:{I} grad_accum_steps:{I}$",
+    "seed": rf"^seed:{I}$",
+}
+
+
+def parse(log: str) -> dict[str, list[tuple[str, ...]]]:
+    return {name: [m.groups() for m in re.finditer(pattern, log, re.M)] for name, pattern in SPEC_LINES.items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, dataset, tokenizer_path):
+    cwd = tmp_path_factory.mktemp("run")
+    run = run_train(cwd, tiny_env(dataset, tokenizer_path, RUN_ID="first", ITERATIONS="12"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return cwd, run
+
+
+def test_training_run_end_to_end(first_run):
+    cwd, run = first_run
+    log = (cwd / "logs" / "first.txt").read_text()
+    assert run.stdout.splitlines()[0] == "logs/first.txt"
+    assert log.startswith((ROOT / "train_gpt.py").read_text()), "the log opens with the script's source"
+    assert "Running PyTorch" in log and "hyperparameters: data_path=" in log and "run_id=first" in log
+    lines = parse(log)
+    assert all(lines[name] for name in SPEC_LINES), {k: v for k, v in lines.items() if not v}
+    losses = train_losses(log)
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[1] == pytest.approx(6.24, abs=0.05)  # ln(512) = 6.238: the zero-init head is uniform
+    assert max(losses[10], losses[11], losses[12]) < losses[1] - 1.0, losses
+    (step, iterations, val_loss, val_bpb, *_), = lines["val"]
+    assert (step, iterations) == ("12", "12")
+    q_loss, q_bpb, _ = lines["roundtrip"][0]
+    assert abs(float(q_bpb) - float(val_bpb)) / float(val_bpb) < 0.01
+    assert lines["exact"][0][1].startswith(q_bpb[:5])
+    artifact = cwd / "artifacts" / "first_model.int8.ptz"
+    code_bytes = len((ROOT / "train_gpt.py").read_bytes())
+    assert int(lines["serialized"][0][0]) == artifact.stat().st_size
+    assert int(lines["total"][0][0]) == artifact.stat().st_size + code_bytes
+    assert (cwd / "artifacts" / "first_model.pt").stat().st_size > artifact.stat().st_size
+    assert lines["world"] == [("1", "8")] and lines["seed"] == [("1",)]
+
+
+def test_runs_never_touch_each_others_files(first_run, dataset, tokenizer_path):
+    cwd, _ = first_run
+    before = {p: p.read_bytes() for p in (cwd / "logs").iterdir()} | {p: p.read_bytes() for p in (cwd / "artifacts").iterdir()}
+    # A capped run with a fresh default RUN_ID: it stops on the clock and writes its own files.
+    run = run_train(cwd, tiny_env(dataset, tokenizer_path, ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="2",
+                                  TRAIN_LOG_EVERY="0"))
+    assert run.returncode == 0, run.stderr
+    new_log = cwd / run.stdout.splitlines()[0]
+    assert new_log.name != "first.txt" and re.fullmatch(r"\d{8}_\d{6}_[0-9a-f]{8}\.txt", new_log.name)
+    assert re.search(r"^stopping_early: wallclock_cap train_time:\d+ms step:\d+/100000$", new_log.read_text(), re.M)
+    assert (cwd / "artifacts" / f"{new_log.stem}_model.int8.ptz").is_file()
+    # The same RUN_ID again is refused before anything is written.
+    again = run_train(cwd, tiny_env(dataset, tokenizer_path, RUN_ID="first"))
+    assert again.returncode == 2 and "RUN_ID=first was used before" in again.stderr
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} changed"
+
+
+def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_path):
+    cwd, run = first_run
+    artifact = cwd / "artifacts" / "first_model.int8.ptz"
+    trained = parse(run.stdout)["exact"][0]
+    rescore = run_train(cwd, tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT=str(artifact), RUN_ID="rescore"))
+    assert rescore.returncode == 0, rescore.stderr
+    assert parse(rescore.stdout)["exact"] == [trained], "the same bytes on the same data give the same score"
+    assert not (cwd / "artifacts" / "rescore_model.int8.ptz").exists()
+    # Another validation set, in a folder with no training shards at all.
+    other = tmp_path / "other_val"
+    other.mkdir()
+    shutil.copy(dataset / "fineweb_train_000002.bin", other / "fineweb_val_000000.bin")
+    elsewhere = run_train(cwd, tiny_env(other, tokenizer_path, EVAL_ARTIFACT=str(artifact), RUN_ID="other"))
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    (other_bpb,) = [float(b) for _, b in parse(elsewhere.stdout)["exact"]]
+    assert other_bpb != float(trained[1]) and 1.0 < other_bpb < 5.0
+
+
+def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
+    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1")
+    one = run_train(tmp_path, dict(env, RUN_ID="one"))
+    two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    log_two = (tmp_path / "logs" / "two.txt").read_text()
+    assert parse(log_two)["world"] == [("2", "4")]
+    a, b = train_losses(one.stdout), train_losses(log_two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert a[1] == b[1], "same weights, same first global batch"
+    for step in a:  # the same math up to bf16 summation order
+        assert abs(a[step] - b[step]) < 5e-3, (step, a[step], b[step])
+    bpb_one, bpb_two = (float(parse(t)["exact"][0][1]) for t in (one.stdout, log_two))
+    assert abs(bpb_one - bpb_two) < 5e-3

@@ -1,0 +1,123 @@
+"""Bad input: a one-line error that names the variable or file and the fix, before any training
+work, and never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import shards
+import train_gpt
+from conftest import run_train, tiny_env
+
+
+def config_error(monkeypatch, cwd, env: dict[str, str]) -> str:
+    for name in train_gpt.Hyperparameters.defaults():
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cwd)
+    with pytest.raises(train_gpt.ConfigError) as e:
+        train_gpt.main()
+    message = str(e.value)
+    assert "\n" not in message and len(message) < 400
+    return message
+
+
+def copy_of(dataset, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(dataset, folder)
+    return folder
+
+
+def test_missing_data_folder(monkeypatch, tmp_path, dataset, tokenizer_path):
+    msg = config_error(monkeypatch, tmp_path, tiny_env(tmp_path / "nope", tokenizer_path))
+    assert "DATA_PATH=" in msg and "is not a folder" in msg and "data/download.py" in msg
+
+
+def test_folder_without_training_shards(monkeypatch, tmp_path, dataset, tokenizer_path):
+    folder = copy_of(dataset, tmp_path)
+    for path in folder.glob("fineweb_train_*"):
+        path.unlink()
+    msg = config_error(monkeypatch, tmp_path, tiny_env(folder, tokenizer_path))
+    assert "holds no fineweb_train_*.bin shards" in msg and "data/download.py" in msg
+
+
+def test_folder_without_validation_shard(monkeypatch, tmp_path, dataset, tokenizer_path):
+    folder = copy_of(dataset, tmp_path)
+    (folder / "fineweb_val_000000.bin").unlink()
+    assert "holds no fineweb_val_*.bin shard" in config_error(monkeypatch, tmp_path, tiny_env(folder, tokenizer_path))
+
+
+@pytest.mark.parametrize("damage, message", [("header", "no valid shard header"), ("size", "truncated or corrupt")])
+def test_damaged_shard(monkeypatch, tmp_path, dataset, tokenizer_path, damage, message):
+    folder = copy_of(dataset, tmp_path)
+    shard = folder / "fineweb_train_000003.bin"  # a later shard: headers are all checked up front
+    data = shard.read_bytes()
+    shard.write_bytes(b"\0\0\0\0" + data[4:] if damage == "header" else data[:-1])
+    msg = config_error(monkeypatch, tmp_path, tiny_env(folder, tokenizer_path))
+    assert str(shard) in msg and message in msg
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_token_ids_beyond_the_vocabulary(monkeypatch, tmp_path, dataset, tokenizer_path, split):
+    folder = copy_of(dataset, tmp_path)
+    shard = folder / f"fineweb_{split}_000000.bin"
+    tokens = shards.read_tokens(shard).copy()
+    tokens[10] = 700
+    shards.write_shard(shard, tokens)
+    msg = config_error(monkeypatch, tmp_path, tiny_env(folder, tokenizer_path))
+    assert "token id 700 >= VOCAB_SIZE=512" in msg and "TOKENIZER_PATH" in msg
+
+
+def test_tokenizer_vocabulary_mismatch(monkeypatch, tmp_path, dataset, tokenizer_path):
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, VOCAB_SIZE=1024))
+    assert "has 512 pieces but VOCAB_SIZE=1024" in msg
+
+
+def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tmp_path / "missing.model"))
+    assert "TOKENIZER_PATH=" in msg and "does not exist" in msg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(TRAIN_BATCH_TOKENS="1000"), "TRAIN_BATCH_TOKENS=1000 does not split into whole sequences"),
+    (dict(VAL_BATCH_SIZE="256"), "VAL_BATCH_SIZE=256 gives each rank less than one sequence"),
+    (dict(SEED="x"), "SEED='x' is not an integer"),
+    (dict(TRAIN_SEQ_LEN="8192", TRAIN_BATCH_TOKENS="65536", VAL_BATCH_SIZE="65536"), "fewer than one sequence"),
+    (dict(WORLD_SIZE="3", RANK="0"), "WORLD_SIZE=3 must divide 8"),
+    (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
+])
+def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
+    assert message in config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))
+
+
+def test_unwritable_log_folder(monkeypatch, tmp_path, dataset, tokenizer_path):
+    (tmp_path / "logs").write_text("a file where the folder should be")
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path))
+    assert msg.startswith("cannot create logs/") and "writable folder" in msg
+
+
+def test_reused_run_id(monkeypatch, tmp_path, dataset, tokenizer_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "taken.txt").write_text("an earlier run")
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="taken"))
+    assert "RUN_ID=taken was used before" in msg
+    assert (tmp_path / "logs" / "taken.txt").read_text() == "an earlier run"
+
+
+def test_command_line_prints_one_line_and_exits_2(tmp_path, dataset, tokenizer_path):
+    run = run_train(tmp_path, tiny_env(dataset, tokenizer_path, VOCAB_SIZE="1024"))
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("error: TOKENIZER_PATH=") and run.stderr.count("\n") == 1
+    assert not (tmp_path / "logs").exists(), "a rejected run leaves no files"
+
+
+def test_torchrun_world_size_error_is_said_once(tmp_path, dataset, tokenizer_path):
+    run = run_train(tmp_path, tiny_env(dataset, tokenizer_path), nproc=3)
+    assert run.returncode != 0
+    assert run.stderr.count("error: WORLD_SIZE=3 must divide 8") == 1

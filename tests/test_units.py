@@ -1,0 +1,271 @@
+"""The pure parts of train_gpt.py: hyperparameters, the loader's data order, Newton-Schulz and
+Muon, the schedules, quantization and the model's parameter routing."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import shards
+import train_gpt
+
+# The seed recipe's defaults, written out from SPEC.md ("Hyperparameters").
+SPEC_DEFAULTS = dict(
+    data_path="./data/datasets/fineweb10B_sp1024", tokenizer_path="./data/tokenizers/fineweb_1024_bpe.model",
+    seed=1337, val_batch_size=524288, val_loss_every=1000, train_log_every=200, iterations=20000,
+    warmdown_iters=3000, warmup_steps=20, train_batch_tokens=393216, train_seq_len=4096, max_wallclock_seconds=600,
+    qk_gain_init=1.5, vocab_size=1024, num_layers=9, num_kv_heads=4, model_dim=512, num_heads=8, mlp_mult=2,
+    tie_embeddings=True, rope_base=10000, logit_softcap=30, embed_lr=0.6, head_lr=0.008, tied_embed_lr=0.030,
+    tied_embed_init_std=0.005, matrix_lr=0.020, scalar_lr=0.020, muon_momentum=0.99, muon_backend_steps=5,
+    muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, beta1=0.9, beta2=0.95, adam_eps=1e-8,
+    grad_clip_norm=0.0)
+
+
+# ---- hyperparameters --------------------------------------------------------------------------
+
+def test_defaults_are_the_seed_recipe():
+    args = train_gpt.Hyperparameters({})
+    for name, value in SPEC_DEFAULTS.items():
+        assert getattr(args, name) == value, name
+        assert type(getattr(args, name)) is type(train_gpt.Hyperparameters.defaults()[name])
+    line = args.as_line()
+    assert line.startswith("hyperparameters: ") and "\n" not in line
+    assert all(f" {name}=" in line for name in train_gpt.Hyperparameters.defaults())
+
+
+def test_environment_overrides_and_types():
+    args = train_gpt.Hyperparameters(dict(SEED="7", MATRIX_LR="0.05", TIE_EMBEDDINGS="0", COMPILE="false",
+                                          RUN_ID="x1", MAX_WALLCLOCK_SECONDS="180"))
+    assert (args.seed, args.matrix_lr, args.tie_embeddings, args.compile, args.run_id) == (7, 0.05, False, False, "x1")
+    assert args.max_wallclock_seconds == 180.0 and isinstance(args.max_wallclock_seconds, float)
+
+
+@pytest.mark.parametrize("var, raw, expected", [("SEED", "abc", "an integer"), ("ITERATIONS", "1.5", "an integer"),
+                                                ("MATRIX_LR", "fast", "a number"), ("TIE_EMBEDDINGS", "2", "0 or 1")])
+def test_bad_numbers_name_the_variable(var, raw, expected):
+    with pytest.raises(train_gpt.ConfigError) as e:
+        train_gpt.Hyperparameters({var: raw})
+    assert str(e.value).startswith(f"{var}={raw!r} is not {expected}") and "\n" not in str(e.value)
+
+
+# ---- the loader -------------------------------------------------------------------------------
+
+def write_numbered_shards(folder: Path, sizes: list[int]) -> list[Path]:
+    """Shards whose tokens count up (mod 60000), so every token tells where it came from."""
+    paths, start = [], 0
+    for i, n in enumerate(sizes):
+        path = folder / f"fineweb_train_{i:06d}.bin"
+        shards.write_shard(path, (np.arange(start, start + n) % 60000).astype(np.uint16))
+        paths.append(path)
+        start += n
+    return paths
+
+
+def global_batches(files, world_size: int, steps: int, batch_tokens: int, seq_len: int) -> list[np.ndarray]:
+    """The sequences of each optimizer step, in (micro-step, rank) order."""
+    accum = 8 // world_size
+    loaders = [train_gpt.DistributedTokenLoader(files, 65536, r, world_size, torch.device("cpu"))
+               for r in range(world_size)]
+    out = []
+    for _ in range(steps):
+        rows = []
+        for _ in range(accum):
+            for loader in loaders:
+                x, y = loader.next_batch(batch_tokens, seq_len, accum)
+                assert x.shape == y.shape == (batch_tokens // 8 // seq_len, seq_len)
+                assert torch.equal(x[:, 1:], y[:, :-1])
+                rows.append(torch.cat([x, y[:, -1:]], dim=1).numpy())
+        out.append(np.concatenate(rows))
+    return out
+
+
+def test_loader_gives_the_same_global_batches_on_1_2_4_8_ranks(tmp_path):
+    files = write_numbered_shards(tmp_path, [1000, 777, 1500])  # 3277 tokens; 6 steps wrap around twice
+    reference = global_batches(files, 1, 6, batch_tokens=512, seq_len=16)
+    for world_size in (2, 4, 8):
+        for step, (a, b) in enumerate(zip(reference, global_batches(files, world_size, 6, 512, 16))):
+            np.testing.assert_array_equal(a, b, err_msg=f"world_size={world_size} step={step}")
+    # Each micro-step's chunk is contiguous in the stream: (L + 1) tokens per rank slice.
+    first = reference[0].reshape(8, -1)
+    np.testing.assert_array_equal(first[0][: 4], [0, 1, 2, 3])
+    assert first[1][0] == 65 and first[0][-1] == 64  # the next slice starts one token after the +1 target
+
+
+# ---- Newton-Schulz and Muon -------------------------------------------------------------------
+
+def quintic(x: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        x = 3.4445 * x - 4.7750 * x ** 3 + 2.0315 * x ** 5
+    return x
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 512), (1024, 512), (512, 1024)])
+def test_newton_schulz_singular_values_lie_in_the_quintic_band(shape):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    out = train_gpt.zeropower_via_newtonschulz5(G, steps=5)
+    assert out.dtype == torch.bfloat16 and out.shape == G.shape
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    s_in = (S / G.double().norm()).numpy()
+    s_out = torch.linalg.svdvals(out.double()).numpy()
+    # Five steps map every normalized singular value above 0.002 into [0.6818, 1.2024].
+    grid = np.linspace(0.002, 1, 100_000)
+    low, high = quintic(grid, 5).min(), quintic(grid, 5).max()
+    assert 0.68 < low < 0.69 and 1.20 < high < 1.21
+    settled = np.sort(s_out)[::-1][s_in >= 0.002]
+    assert settled.min() > low - 0.01 and s_out.max() < high + 0.01
+    # Same singular vectors as G: the output is U f(S) V^T with f the quintic, up to bf16 rounding.
+    expected = U @ torch.diag(torch.from_numpy(quintic(s_in, 5))) @ Vh
+    assert torch.linalg.norm(out.double() - expected) / torch.linalg.norm(expected) < 0.03
+
+
+def test_muon_step_is_nesterov_momentum_then_orthogonalized_update():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 32))
+    start = w.detach().clone()
+    muon = train_gpt.Muon([w], lr=0.1, momentum=0.9, backend_steps=5)
+    grads = [torch.randn(64, 32) for _ in range(2)]
+    buf = torch.zeros(64, 32)
+    expected = start.clone()
+    for g in grads:
+        w.grad = g.clone()
+        muon.step()
+        buf = 0.9 * buf + g
+        update = train_gpt.zeropower_via_newtonschulz5(g + 0.9 * buf, steps=5).float() * 2 ** 0.5  # rows/cols = 2
+        expected -= 0.1 * update.bfloat16().float()
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-6)
+
+
+# ---- schedules --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step, expected", [(0, 1.0), (79, 1.0), (80, 1.0), (90, 0.5), (99, 0.05), (100, 0.0)])
+def test_lr_multiplier_without_cap_decays_over_the_last_iterations(step, expected):
+    assert train_gpt.lr_multiplier(step, 0.0, 100, 20, None) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step, elapsed_ms, expected", [
+    (50, 5000.0, 1.0),            # 100 ms/step: the warmdown is the last 1000 ms; 5000 ms remain
+    (90, 9000.0, 1.0),            # exactly at its start
+    (95, 9500.0, 0.5),            # half of it remains
+    (100, 9750.0, 250 / 975),     # 97.5 ms/step: a 975 ms warmdown with 250 ms left
+    (100, 10000.0, 0.0),          # at the cap
+    (101, 10100.0, 0.0),          # past the cap
+])
+def test_lr_multiplier_under_a_wallclock_cap(step, elapsed_ms, expected):
+    assert train_gpt.lr_multiplier(step, elapsed_ms, 20000, 10, 10_000.0) == pytest.approx(expected)
+
+
+def test_lr_multiplier_without_warmdown_is_flat():
+    assert train_gpt.lr_multiplier(99, 9990.0, 100, 0, 10_000.0) == 1.0
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.92), (750, 0.955), (1500, 0.99), (5000, 0.99)])
+def test_muon_momentum_warmup(step, expected):
+    assert train_gpt.muon_momentum_at(step, 0.92, 0.99, 1500) == pytest.approx(expected)
+    assert train_gpt.muon_momentum_at(step, 0.92, 0.99, 0) == 0.99
+
+
+# ---- quantization -----------------------------------------------------------------------------
+
+def test_quantize_round_trip_exactness_error_bound_and_sizes():
+    torch.manual_seed(0)
+    w = torch.randn(300, 400) * 0.05
+    w[3, 7] = 40.0  # an outlier: at 400 values a row's 99.99984th percentile is nearly its maximum
+    state = {
+        "big": w, "big_bf16": (torch.randn(256, 300) * 0.3).bfloat16(),
+        "vector_big": torch.randn(70_000) * 2.0,
+        "small": torch.randn(64, 64), "small_bf16": torch.randn(100).bfloat16(),
+        "blocks.0.attn_scale": torch.randn(512), "blocks.0.resid_mix": torch.randn(2, 512),
+        "step_count": torch.tensor([3, 4], dtype=torch.int64),
+    }
+    obj, stats = train_gpt.quantize_state_dict(state)
+    blob, torch_bytes = train_gpt.serialize_artifact(obj)
+    back = train_gpt.dequantize_state_dict(torch.load(io.BytesIO(zlib.decompress(blob))))
+    assert set(back) == set(state) and all(back[k].dtype == state[k].dtype for k in state)
+    # kept tensors: control tensors and integers bit-exact, the rest through fp16 exactly
+    for name in ("blocks.0.attn_scale", "blocks.0.resid_mix", "step_count", "small_bf16"):
+        assert torch.equal(back[name], state[name]), name
+    assert torch.equal(back["small"], state["small"].half().float())
+    # int8 rows: within half a step of the clipped weight, plus the fp16 rounding of the scale and,
+    # for a bf16 tensor, the final cast back to bf16
+    for name in ("big", "big_bf16"):
+        t = state[name].float()
+        clip = torch.quantile(t.abs(), 99.99984 / 100, dim=1)
+        scale32 = (clip / 127).clamp_min(1 / 127)
+        scale16 = obj["scales"][name].float()
+        assert obj["quantized"][name].dtype == torch.int8 and obj["scales"][name].shape == (t.shape[0],)
+        bound = (scale32 / 2 + 127 * (scale16 - scale32).abs() + 1e-7)[:, None]
+        if state[name].dtype == torch.bfloat16:
+            bound = bound + back[name].float().abs() * 2 ** -8
+        err = (back[name].float() - torch.clamp(t, -clip[:, None], clip[:, None])).abs()
+        assert (err <= bound).all(), name
+    assert abs(back["big"][3, 7] - 40.0) < 0.2 and obj["scales"]["big"][0] == torch.tensor(1 / 127).half()
+    err = (back["vector_big"] - state["vector_big"]).abs().max()
+    assert err <= float(obj["scales"]["vector_big"]) / 2 + 1e-6 and obj["scales"]["vector_big"].ndim == 0
+    expected_payload = (300 * 400 + 2 * 300) + (256 * 300 + 2 * 256) + (70_000 + 4) + 64 * 64 * 2 + 100 * 2 \
+        + 512 * 4 + 1024 * 4 + 16
+    assert stats["payload_bytes"] == expected_payload
+    assert stats["tensor_bytes"] == sum(t.numel() * t.element_size() for t in state.values())
+    assert torch_bytes > stats["payload_bytes"] and len(blob) < torch_bytes
+
+
+def test_model_round_trips_through_an_artifact_file(tmp_path):
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="160", NUM_HEADS="4", NUM_KV_HEADS="2")
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    path = tmp_path / "m.int8.ptz"
+    path.write_bytes(train_gpt.serialize_artifact(train_gpt.quantize_state_dict(model.state_dict())[0])[0])
+    fresh = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SEED="2")), torch.device("cpu"))
+    train_gpt.load_weights(fresh, train_gpt.load_artifact(str(path)), str(path))
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert a.dtype == b.dtype and (a.float() - b.float()).abs().max() <= 1 / 127, name
+    wider = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, MLP_MULT="3")), torch.device("cpu"))
+    with pytest.raises(train_gpt.ConfigError, match="has shape"):
+        train_gpt.load_weights(wider, train_gpt.load_artifact(str(path)), str(path))
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+def test_seed_model_shape_dtypes_and_optimizer_routing():
+    args = train_gpt.Hyperparameters({})
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    assert sum(p.numel() for p in model.parameters()) == 17_059_912  # SPEC.md
+    params = dict(model.named_parameters())
+    assert params["tok_emb.weight"].dtype == torch.bfloat16
+    assert params["blocks.0.attn.c_q.weight"].dtype == torch.float32
+    assert params["blocks.0.resid_mix"].dtype == params["skip_weights"].dtype == torch.float32
+    for name in ("blocks.3.attn.proj.weight", "blocks.8.mlp.proj.weight"):
+        assert not params[name].any(), f"{name} starts at zero"
+    assert params["tok_emb.weight"].float().std().item() == pytest.approx(0.005, rel=0.02)
+    optimizers, muon = train_gpt.build_optimizers(model, args, 0, 1)
+    assert len(muon.param_groups[0]["params"]) == 54  # 6 matrices in each of 9 blocks
+    assert [g["lr"] for o in optimizers for g in o.param_groups] == [0.03, 0.02, 0.02]
+    assert all("base_lr" in g for o in optimizers for g in o.param_groups)
+
+
+def test_rotary_angles_are_float32_and_positions_exact():
+    cos, sin = train_gpt.rotary_tables(4096, 64, 10000.0, torch.device("cpu"))
+    assert cos.dtype == torch.float32 and cos.shape == (1, 1, 4096, 32)
+    # position 4095, lowest frequency pair: angle 4095 exactly (a bf16 position would read 4096)
+    assert sin[0, 0, 4095, 0].item() == pytest.approx(np.sin(4095.0), abs=1e-4)
+    x = torch.randn(1, 1, 4096, 64)
+    rotated = train_gpt.apply_rotary(x, cos, sin)
+    torch.testing.assert_close(rotated.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
+
+
+def test_model_and_newton_schulz_trace_as_single_graphs():
+    """The GPU run compiles with fullgraph=True; a graph break would only show up there. The
+    eager backend traces with dynamo alone, so this costs seconds on the CPU."""
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
+    x = torch.randint(0, 512, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = compiled(x, x)
+    loss.backward()
+    assert model.blocks[0].attn.c_q.weight.grad is not None
+    ns = torch.compile(train_gpt.zeropower_via_newtonschulz5, backend="eager", fullgraph=True)
+    torch.testing.assert_close(ns(torch.randn(64, 128), steps=5).float().norm(), torch.tensor(8.0), rtol=0.2, atol=0)

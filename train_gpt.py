@@ -1,0 +1,967 @@
+"""Parameter-golf record script: "Training Opt Seq4096 v1", rebuilt as one readable file.
+
+Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it as
+int8+zlib, and scores the round-tripped artifact in bits per byte (val_bpb) on the full
+validation split. Every knob is an environment variable (see Hyperparameters). Runs under
+`torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`,
+on CUDA or, for tiny configurations, on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import io
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+class ConfigError(Exception):
+    """A problem with the run's inputs, reported as one line that names the fix."""
+
+
+# -----------------------------------------------------------------------------
+# HYPERPARAMETERS
+# Each attribute below is read from the environment variable of the same name in upper case;
+# the value written here is the record's default. One table, read once when the object is built.
+# -----------------------------------------------------------------------------
+
+class Hyperparameters:
+    # Data, tokenizer and run identity.
+    data_path = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path = "./data/tokenizers/fineweb_1024_bpe.model"
+    run_id = ""  # empty: a fresh, unique id per run
+    seed = 1337
+    eval_artifact = ""  # path of a .int8.ptz to score instead of training
+
+    # Validation and logging cadence. Validation always covers the whole validation split.
+    val_batch_size = 524_288
+    val_loss_every = 1000
+    train_log_every = 200
+
+    # Length of training.
+    iterations = 20000
+    warmdown_iters = 3000
+    warmup_steps = 20
+    train_batch_tokens = 393_216
+    train_seq_len = 4096
+    max_wallclock_seconds = 600.0  # 0: no cap
+
+    # Model shape.
+    vocab_size = 1024
+    num_layers = 9
+    model_dim = 512
+    num_heads = 8
+    num_kv_heads = 4
+    mlp_mult = 2
+    tie_embeddings = True
+    rope_base = 10000.0
+    logit_softcap = 30.0
+    qk_gain_init = 1.5
+
+    # Optimizers.
+    embed_lr = 0.6
+    head_lr = 0.008
+    tied_embed_lr = 0.030
+    tied_embed_init_std = 0.005
+    matrix_lr = 0.020
+    scalar_lr = 0.020
+    muon_momentum = 0.99
+    muon_backend_steps = 5
+    muon_momentum_warmup_start = 0.92
+    muon_momentum_warmup_steps = 1500
+    beta1 = 0.9
+    beta2 = 0.95
+    adam_eps = 1e-8
+    grad_clip_norm = 0.0  # 0: off
+
+    # Execution.
+    compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
+
+    def __init__(self, environ: dict[str, str] | None = None):
+        environ = os.environ if environ is None else environ
+        for name, default in self.defaults().items():
+            raw = environ.get(name.upper())
+            setattr(self, name, default if raw is None else parse_env_value(name.upper(), raw, type(default)))
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        return {k: v for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+
+    def as_line(self) -> str:
+        return "hyperparameters: " + " ".join(f"{k}={getattr(self, k)}" for k in self.defaults())
+
+
+def parse_env_value(var: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return kind(raw)
+    except ValueError:
+        expected = {bool: "0 or 1", int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigError(f"{var}={raw!r} is not {expected}; set {var} to {expected}") from None
+
+
+# -----------------------------------------------------------------------------
+# DATA
+# Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens.
+# Training reads the train shards as one endless stream; every micro-step takes one contiguous
+# chunk and hands each rank its own slice, so the global batch and the data order are the same
+# on 1, 2, 4 or 8 processes.
+# -----------------------------------------------------------------------------
+
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
+GET_DATA_HINT = "get data with `python3 data/download.py --variant sp1024` or build it with data/build.py"
+
+
+def read_shard_header(path: Path) -> int:
+    """Validates a shard's header and size; returns its token count."""
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(SHARD_HEADER_BYTES), dtype="<i4")
+    if header.size != 256 or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise ConfigError(f"{path} has no valid shard header (magic {SHARD_MAGIC}, version {SHARD_VERSION}); "
+                          f"re-download or rebuild it")
+    n_tokens = int(header[2])
+    expected = SHARD_HEADER_BYTES + 2 * n_tokens
+    if n_tokens < 0 or path.stat().st_size != expected:
+        raise ConfigError(f"{path} is {path.stat().st_size} bytes but its header promises {expected}; "
+                          f"the file is truncated or corrupt: re-download or rebuild it")
+    return n_tokens
+
+
+def load_shard(path: Path, vocab_size: int) -> np.ndarray:
+    n_tokens = read_shard_header(path)
+    tokens = np.fromfile(path, dtype="<u2", count=n_tokens, offset=SHARD_HEADER_BYTES)
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise ConfigError(f"{path} holds token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}; "
+                          f"the shards were made with another tokenizer: set VOCAB_SIZE and TOKENIZER_PATH to match")
+    return tokens
+
+
+def find_shards(data_path: str, need_train: bool = True) -> tuple[list[Path], list[Path]]:
+    """Returns (train, val) shard paths in sorted order, with every header checked."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise ConfigError(f"DATA_PATH={data_path} is not a folder; {GET_DATA_HINT}, or set DATA_PATH")
+    train = sorted(root.glob("fineweb_train_*.bin"))
+    val = sorted(root.glob("fineweb_val_*.bin"))
+    if need_train and not train:
+        raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_train_*.bin shards; {GET_DATA_HINT}")
+    if not val:
+        raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_val_*.bin shard; {GET_DATA_HINT}")
+    for path in train + val:
+        read_shard_header(path)
+    return train, val
+
+
+def load_validation_tokens(val_files: list[Path], seq_len: int, vocab_size: int) -> np.ndarray:
+    """All validation shards, truncated to whole sequences plus the one token that the last
+    target needs."""
+    tokens = np.concatenate([load_shard(p, vocab_size) for p in val_files])
+    usable = (tokens.size - 1) // seq_len * seq_len
+    if usable <= 0:
+        raise ConfigError(f"the validation split has {tokens.size} tokens, fewer than one sequence of "
+                          f"TRAIN_SEQ_LEN={seq_len} plus one; lower TRAIN_SEQ_LEN or use a larger split")
+    return tokens[: usable + 1]
+
+
+class TokenStream:
+    """The train shards in sorted order, read front to back and wrapped around forever."""
+
+    def __init__(self, files: list[Path], vocab_size: int):
+        self.files, self.vocab_size = files, vocab_size
+        self.file_index = -1
+        self._next_file()
+
+    def _next_file(self) -> None:
+        self.file_index = (self.file_index + 1) % len(self.files)
+        self.tokens = load_shard(self.files[self.file_index], self.vocab_size)
+        self.pos = 0
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.pos == self.tokens.size:
+                self._next_file()
+            k = min(n, self.tokens.size - self.pos)
+            parts.append(self.tokens[self.pos: self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class DistributedTokenLoader:
+    """Each call consumes world_size*(L+1) tokens from the shared stream; rank r keeps
+    span r. The extra token lets inputs and targets be the same span shifted by one."""
+
+    def __init__(self, files: list[Path], vocab_size: int, rank: int, world_size: int, device: torch.device):
+        self.stream = TokenStream(files, vocab_size)
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
+        span = local_tokens + 1
+        chunk = self.stream.take(span * self.world_size)
+        local = torch.from_numpy(chunk[self.rank * span: (self.rank + 1) * span].astype(np.int64))
+        x = local[:-1].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
+        y = local[1:].reshape(-1, seq_len)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+# -----------------------------------------------------------------------------
+# THE METRIC
+# Bits per byte makes scores comparable across tokenizers: the loss in bits is divided by the
+# UTF-8 bytes of the text the tokens stand for. Bytes come from the SentencePiece pieces: a
+# leading "▁" is one space byte, except right after a boundary token (BOS), where the
+# normalizer never leaves a space.
+# -----------------------------------------------------------------------------
+
+@dataclass
+class ByteTables:
+    base_bytes: Tensor         # int16 [vocab]: UTF-8 bytes of the piece without its "▁"
+    has_leading_space: Tensor  # bool [vocab]: the piece starts with "▁"
+    is_boundary: Tensor        # bool [vocab]: control/unknown/unused pieces (BOS, EOS, pad, unk)
+
+    def to(self, device: torch.device) -> ByteTables:
+        return ByteTables(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
+
+    def count(self, prev_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """Bytes of each target token given the token before it."""
+        space = self.has_leading_space[target_ids] & ~self.is_boundary[prev_ids]
+        return self.base_bytes[target_ids].to(torch.int16) + space.to(torch.int16)
+
+
+def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTables:
+    size = max(int(sp.vocab_size()), vocab_size)
+    base_bytes = np.zeros(size, dtype=np.int16)
+    has_leading_space = np.zeros(size, dtype=np.bool_)
+    is_boundary = np.ones(size, dtype=np.bool_)
+    for i in range(int(sp.vocab_size())):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        is_boundary[i] = False
+        if sp.is_byte(i):  # byte-fallback piece <0xNN>: one raw byte
+            base_bytes[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        if piece.startswith("▁"):
+            has_leading_space[i] = True
+            piece = piece[1:]
+        base_bytes[i] = len(piece.encode("utf-8"))
+    return ByteTables(torch.from_numpy(base_bytes), torch.from_numpy(has_leading_space), torch.from_numpy(is_boundary))
+
+
+def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
+    if not Path(path).is_file():
+        raise ConfigError(f"TOKENIZER_PATH={path} does not exist; {GET_DATA_HINT}, or set TOKENIZER_PATH")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+        raise ConfigError(f"TOKENIZER_PATH={path} is not a SentencePiece model ({e}); point it at a .model file") from None
+    if int(sp.vocab_size()) != vocab_size:
+        raise ConfigError(f"TOKENIZER_PATH={path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; "
+                          f"set VOCAB_SIZE={sp.vocab_size()} or use the matching tokenizer")
+    return sp
+
+
+# -----------------------------------------------------------------------------
+# MODEL
+# A GPT with a U-Net of skips (the first half's outputs feed the second half in reverse), a
+# learned mix of each block's input with the embedding (resid_mix), QK-norm, RoPE, a learned
+# per-head query gain, grouped KV heads, relu^2 MLPs, a tied embedding and a tanh logit cap.
+# Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul.
+# -----------------------------------------------------------------------------
+
+# Small per-channel parameters that gate the residual stream: Adam, fp32, kept in fp32 at export.
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
+
+
+def is_control_tensor(name: str) -> bool:
+    return any(p in name for p in CONTROL_TENSOR_PATTERNS)
+
+
+class CastedLinear(nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, head_dim/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos()[None, None], angles.sin()[None, None]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # Half-split layout: dimension j pairs with j + head_dim/2.
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
+        self.c_q = CastedLinear(dim, dim, bias=False)
+        self.c_k = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
+        self.c_v = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
+        self.proj = CastedLinear(dim, dim, bias=False)
+        self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        B, T, D = x.shape
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(F.rms_norm(q, (self.head_dim,)), *rope)
+        k = apply_rotary(F.rms_norm(k, (self.head_dim,)), *rope)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, mlp_mult: int):
+        super().__init__()
+        self.fc = CastedLinear(dim, mlp_mult * dim, bias=False)
+        self.proj = CastedLinear(mlp_mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, qk_gain_init: float):
+        super().__init__()
+        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, qk_gain_init)
+        self.mlp = MLP(dim, mlp_mult)
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+
+    def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)), rope)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
+
+
+class GPT(nn.Module):
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        dim, layers = args.model_dim, args.num_layers
+        if dim % args.num_heads or args.num_heads % args.num_kv_heads or (dim // args.num_heads) % 2:
+            raise ConfigError(f"MODEL_DIM={dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
+                              f"heads must divide MODEL_DIM into even head sizes and KV heads must divide heads")
+        self.rope_base, self.logit_softcap = args.rope_base, args.logit_softcap
+        self.tok_emb = nn.Embedding(args.vocab_size, dim)
+        self.num_encoder_layers = layers // 2
+        self.skip_weights = nn.Parameter(torch.ones(min(layers // 2, layers - layers // 2), dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, args.num_heads, args.num_kv_heads, args.mlp_mult, args.qk_gain_init) for _ in range(layers))
+        self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
+        # Output projections start at zero so every block begins as the identity.
+        zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
+        if self.lm_head is None:
+            nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
+        else:
+            zero_init.append(self.lm_head)
+        for linear in zero_init:
+            nn.init.zeros_(linear.weight)
+
+    def logits(self, input_ids: Tensor) -> Tensor:
+        x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        x0 = x
+        rope = rotary_tables(input_ids.size(1), self.blocks[0].attn.head_dim, self.rope_base, input_ids.device)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder_layers and skips:
+                x = x + self.skip_weights[i - self.num_encoder_layers].to(x.dtype) * skips.pop()
+            x = block(x, x0, rope)
+            if i < self.num_encoder_layers:
+                skips.append(x)
+        x = F.rms_norm(x, (x.size(-1),))
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        logits = self.logits(input_ids)
+        return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction="mean")
+
+
+def build_model(args: Hyperparameters, device: torch.device) -> GPT:
+    """Initializes on the CPU under the seed (same weights on every device), then sets the
+    training dtypes: bf16 embedding, fp32 linear masters (rounded to bf16 once, as the
+    record's whole-model cast does), fp32 control tensors."""
+    torch.manual_seed(args.seed)
+    model = GPT(args).bfloat16()
+    for module in model.modules():
+        if isinstance(module, CastedLinear):
+            module.float()
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or is_control_tensor(name):
+            p.data = p.data.float()
+    return model.to(device)
+
+
+# -----------------------------------------------------------------------------
+# OPTIMIZERS
+# Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the
+# blocks: Nesterov momentum, then the update is orthogonalized by a quintic Newton-Schulz
+# iteration. Adam for the embedding and the small control tensors. The learning rate is flat,
+# then decays linearly to zero over the last WARMDOWN_ITERS steps, measured in wallclock time.
+# -----------------------------------------------------------------------------
+
+def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+    """Maps G = U S V^T to roughly U V^T. The coefficients trade exactness for speed: singular
+    values land in a band around 1 instead of on it, which Muon tolerates."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16()
+    X = X / (X.norm() + eps)
+    wide = G.size(0) <= G.size(1)
+    if not wide:  # iterate on the wide orientation so X @ X.T is the smaller Gram matrix
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X if wide else X.T
+
+
+class Muon(torch.optim.Optimizer):
+    """Each rank orthogonalizes every world_size-th matrix; one all-reduce of a flat bf16 buffer
+    then gives every rank every update."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
+                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps))
+        self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params, momentum = group["params"], group["momentum"]
+            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % self.world_size == self.rank and p.grad is not None:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(momentum).add_(p.grad)
+                    u = self.orthogonalize(p.grad.add(buf, alpha=momentum), steps=group["backend_steps"])
+                    u = u * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    updates[offset: offset + p.numel()] = u.flatten()
+                offset += p.numel()
+            if self.world_size > 1:
+                dist.all_reduce(updates, op=dist.ReduceOp.SUM)
+            offset = 0
+            for p in params:
+                p.add_(updates[offset: offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                offset += p.numel()
+
+
+def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int,
+                     orthogonalize=zeropower_via_newtonschulz5) -> tuple[list[torch.optim.Optimizer], Muon]:
+    """Routes every parameter to exactly one optimizer; each group remembers its base_lr."""
+    block_params = list(model.blocks.named_parameters())
+    matrices = [p for n, p in block_params if p.ndim == 2 and not is_control_tensor(n)]
+    scalars = [p for n, p in block_params if p.ndim < 2 or is_control_tensor(n)] + [model.skip_weights]
+    head = [] if model.lm_head is None else [model.lm_head.weight]
+    routed = matrices + scalars + head + [model.tok_emb.weight]
+    assert len(routed) == len(list(model.parameters())) and len({id(p) for p in routed}) == len(routed), \
+        "every parameter must belong to exactly one optimizer group"
+
+    fused = next(model.parameters()).is_cuda
+
+    def adam(params, lr):
+        return torch.optim.Adam([dict(params=params, lr=lr, base_lr=lr)], betas=(args.beta1, args.beta2),
+                                eps=args.adam_eps, fused=fused)
+
+    token_lr = args.tied_embed_lr if model.lm_head is None else args.embed_lr
+    muon = Muon(matrices, args.matrix_lr, args.muon_momentum, args.muon_backend_steps, rank, world_size, orthogonalize)
+    muon.param_groups[0]["base_lr"] = args.matrix_lr
+    optimizers = [adam([model.tok_emb.weight], token_lr), muon, adam(scalars, args.scalar_lr)]
+    if head:
+        optimizers.insert(1, adam(head, args.head_lr))
+    return optimizers, muon
+
+
+def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
+                  max_wallclock_ms: float | None) -> float:
+    """1 until the warmdown, then linear to 0. Under a wallclock cap the warmdown is the last
+    warmdown_iters steps at the average step time so far, so it ends exactly at the cap."""
+    if warmdown_iters <= 0:
+        return 1.0
+    if max_wallclock_ms is None:
+        return min(1.0, max(iterations - step, 0) / warmdown_iters)
+    warmdown_ms = warmdown_iters * elapsed_ms / max(step, 1)
+    remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def muon_momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float:
+    frac = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+    return (1 - frac) * start + frac * end
+
+
+# -----------------------------------------------------------------------------
+# QUANTIZATION AND SERIALIZATION
+# The artifact is int8 with one fp16 scale per row for big matrices (rows track output
+# channels), fp16 for small tensors, fp32 for control tensors, all torch.save'd and zlib'd.
+# The score comes from the model rebuilt from these bytes, never from the trained weights.
+# -----------------------------------------------------------------------------
+
+QUANT_FORMAT = "int8_clean_per_row_v1"
+KEEP_FLOAT_MAX_NUMEL = 65_536
+INT8_CLIP_QUANTILE = 99.99984 / 100
+
+
+def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
+    """int8 values and their scale: per row for matrices, one scale otherwise. Outliers beyond
+    the clip quantile are clamped; the scale never drops below 1/127."""
+    t = t.float()
+    if t.ndim == 2:
+        clip = torch.quantile(t.abs(), INT8_CLIP_QUANTILE, dim=1)
+        scale = (clip / 127).clamp_min(1 / 127)
+        q = torch.round(torch.maximum(torch.minimum(t, clip[:, None]), -clip[:, None]) / scale[:, None])
+        return q.clamp(-127, 127).to(torch.int8), scale.to(torch.float16)
+    clip = float(torch.quantile(t.abs().flatten(), INT8_CLIP_QUANTILE)) if t.numel() else 0.0
+    scale = torch.tensor(clip / 127 if clip > 0 else 1.0)
+    return torch.round(t.clamp(-clip, clip) / scale).clamp(-127, 127).to(torch.int8), scale
+
+
+def quantize_state_dict(state: dict[str, Tensor]) -> tuple[dict, dict[str, int]]:
+    obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
+               qmeta={}, passthrough_orig_dtypes={})
+    stats = dict(tensor_bytes=0, payload_bytes=0)
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        stats["tensor_bytes"] += t.numel() * t.element_size()
+        if not t.is_floating_point() or t.numel() <= KEEP_FLOAT_MAX_NUMEL:
+            if t.is_floating_point() and is_control_tensor(name):
+                t = t.float()
+            elif t.dtype in (torch.float32, torch.bfloat16):
+                obj["passthrough_orig_dtypes"][name] = str(t.dtype).removeprefix("torch.")
+                t = t.half()
+            obj["passthrough"][name] = t
+            stats["payload_bytes"] += t.numel() * t.element_size()
+            continue
+        q, scale = quantize_tensor(t)
+        if scale.ndim:
+            obj["qmeta"][name] = dict(scheme="per_row", axis=0)
+        obj["quantized"][name], obj["scales"][name] = q, scale
+        obj["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+        stats["payload_bytes"] += q.numel() + scale.numel() * scale.element_size()
+    return obj, stats
+
+
+def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
+    if obj.get("__quant_format__") != QUANT_FORMAT:
+        raise ConfigError(f"artifact format {obj.get('__quant_format__')!r} is not {QUANT_FORMAT!r}")
+    out = {}
+    for name, q in obj["quantized"].items():
+        scale = obj["scales"][name].float()
+        if scale.ndim:
+            scale = scale.view(-1, *[1] * (q.ndim - 1))
+        out[name] = (q.float() * scale).to(getattr(torch, obj["dtypes"][name]))
+    for name, t in obj["passthrough"].items():
+        orig = obj.get("passthrough_orig_dtypes", {}).get(name)
+        out[name] = t.to(getattr(torch, orig)) if orig else t
+    return out
+
+
+def serialize_artifact(obj: dict) -> tuple[bytes, int]:
+    """Returns (zlib bytes, length of the torch.save stream before compression)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    raw = buf.getvalue()
+    return zlib.compress(raw, level=9), len(raw)
+
+
+def load_artifact(path: str) -> dict[str, Tensor]:
+    try:
+        blob = Path(path).read_bytes()
+        obj = torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu")
+    except (OSError, zlib.error, RuntimeError) as e:
+        raise ConfigError(f"cannot read artifact {path} ({e}); point EVAL_ARTIFACT at a .int8.ptz a run wrote") from None
+    return dequantize_state_dict(obj)
+
+
+def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
+    expected = model.state_dict()
+    for name, t in state.items():
+        if name in expected and expected[name].shape != t.shape:
+            raise ConfigError(f"{source}: {name} has shape {list(t.shape)} but the model built from the environment "
+                              f"has {list(expected[name].shape)}; use the shape settings of the run that made it")
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise ConfigError(f"{source} does not match the model (missing {sorted(missing)[:3]}, unexpected "
+                          f"{sorted(unexpected)[:3]}); use the settings of the run that made it")
+    model.load_state_dict(state, strict=True)
+
+
+# -----------------------------------------------------------------------------
+# EVALUATION
+# The validation split is cut into TRAIN_SEQ_LEN sequences; each rank scores a contiguous range
+# of them. Loss and byte sums are float64 and summed over ranks before dividing.
+# -----------------------------------------------------------------------------
+
+def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int,
+                    batch_seqs: int, rank: int, world_size: int, device: torch.device) -> Tensor:
+    """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the split."""
+    total_seqs = (val_tokens.size - 1) // seq_len
+    first, last = total_seqs * rank // world_size, total_seqs * (rank + 1) // world_size
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(first, last, batch_seqs):
+            end = min(start + batch_seqs, last)
+            chunk = torch.from_numpy(val_tokens[start * seq_len: end * seq_len + 1].astype(np.int64)).to(device)
+            x, y = chunk[:-1].view(-1, seq_len), chunk[1:].view(-1, seq_len)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                mean_loss = model(x, y).detach()
+            sums[0] += mean_loss.double() * y.numel()
+            sums[1] += y.numel()
+            sums[2] += tables.count(x.flatten(), y.flatten()).double().sum()
+    model.train()
+    return sums
+
+
+def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
+             rank: int, world_size: int, device: torch.device) -> tuple[float, float]:
+    """Returns (val_loss in nats per token, val_bpb) over the whole validation split."""
+    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device)
+    if world_size > 1:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    loss_sum, tokens, n_bytes = sums.tolist()
+    val_loss = loss_sum / tokens
+    return val_loss, val_loss / math.log(2) * tokens / n_bytes
+
+
+# -----------------------------------------------------------------------------
+# TRAINING
+# -----------------------------------------------------------------------------
+
+class RunLog:
+    """Rank 0 prints and appends to logs/<RUN_ID>.txt; other ranks stay quiet."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        if self.path is None:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            print(msg, file=f)
+
+
+def run_paths(run_id: str) -> dict[str, Path]:
+    return dict(log=Path("logs") / f"{run_id}.txt", raw=Path("artifacts") / f"{run_id}_model.pt",
+                artifact=Path("artifacts") / f"{run_id}_model.int8.ptz")
+
+
+def claim_run_paths(run_id: str, writes_model: bool) -> dict[str, Path]:
+    """Makes sure this run can write its files and that none of them belongs to an earlier run."""
+    paths = run_paths(run_id)
+    wanted = list(paths.values()) if writes_model else [paths["log"]]
+    for path in wanted:
+        if path.exists():
+            raise ConfigError(f"{path} already exists: RUN_ID={run_id} was used before; pick another RUN_ID "
+                              f"(or leave it unset for a fresh one)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
+    try:
+        paths["log"].touch(exist_ok=False)
+    except OSError as e:
+        raise ConfigError(f"cannot write {paths['log']} ({e.strerror}); run from a writable folder") from None
+    return paths
+
+
+def check_batch_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    per_micro_step = world_size * grad_accum_steps * args.train_seq_len
+    if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
+        raise ConfigError(
+            f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} does not split into whole sequences: it must be a "
+            f"positive multiple of WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = {world_size}*{grad_accum_steps}*"
+            f"{args.train_seq_len} = {per_micro_step}")
+    if args.val_batch_size < per_micro_step:
+        raise ConfigError(f"VAL_BATCH_SIZE={args.val_batch_size} gives each rank less than one sequence; "
+                          f"set it to at least {per_micro_step}")
+
+
+def forward_backward(model: nn.Module, loader: DistributedTokenLoader, args: Hyperparameters,
+                     grad_accum_steps: int, distributed: bool, device: torch.device) -> Tensor:
+    """One optimizer step's gradients: grad_accum_steps micro-batches, each loss scaled by
+    1/grad_accum_steps. DDP all-reduces only on the last one. Returns the mean loss."""
+    total = torch.zeros((), device=device)
+    for micro_step in range(grad_accum_steps):
+        if distributed:
+            model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
+        x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            loss = model(x, y)
+        (loss / grad_accum_steps).backward()
+        total += loss.detach()
+    return total / grad_accum_steps
+
+
+def optimizer_step(optimizers: list[torch.optim.Optimizer], model: nn.Module, lr_scale: float,
+                   grad_clip_norm: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale
+    if grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def describe_environment(device: torch.device) -> str:
+    lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
+    if device.type == "cuda":
+        try:
+            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
+        except OSError:
+            lines.append("nvidia-smi: not found")
+    return "\n".join(lines)
+
+
+def hardware_line(device: torch.device, world_size: int) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return f"hardware:{name.replace(' ', '_')} count:{world_size}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def report_roundtrip(log: RunLog, evaluate, device: torch.device) -> None:
+    sync(device)
+    t0 = time.perf_counter()
+    val_loss, val_bpb = evaluate()
+    sync(device)
+    log(f"final_int8_zlib_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+        f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
+    log(f"final_int8_zlib_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+
+
+def main() -> None:
+    code = Path(__file__).read_text(encoding="utf-8")
+    args = Hyperparameters()
+
+    # ---- setup: processes, device, run identity -------------------------------------------
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 0 or 8 % world_size:
+        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
+    grad_accum_steps = 8 // world_size
+    check_batch_shapes(args, world_size, grad_accum_steps)
+    train_files, val_files = find_shards(args.data_path, need_train=not args.eval_artifact)
+    sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
+    val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
+
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.enable_flash_sdp(True)
+        for enable in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                       torch.backends.cuda.enable_math_sdp):
+            enable(False)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+
+    def new_loader() -> DistributedTokenLoader:
+        return DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
+
+    # Reading the first train shard now makes a bad one fail before the model is built.
+    loader = None if args.eval_artifact else new_loader()
+    run_id = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"]
+    if distributed:
+        dist.broadcast_object_list(run_id, src=0)  # one id, chosen by rank 0
+    args.run_id = run_id[0]
+    paths = run_paths(args.run_id)
+    if rank == 0:
+        paths = claim_run_paths(args.run_id, writes_model=not args.eval_artifact)
+        print(paths["log"], flush=True)
+    log = RunLog(paths["log"] if rank == 0 else None)
+    log(code, console=False)
+    log("=" * 100, console=False)
+    log(describe_environment(device), console=False)
+    log("=" * 100, console=False)
+    log(args.as_line())
+    log(hardware_line(device, world_size))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # ---- the metric --------------------------------------------------------------------------
+    tables = build_byte_tables(sp, args.vocab_size).to(device)
+    val_batch_seqs = args.val_batch_size // (world_size * grad_accum_steps) // args.train_seq_len
+    log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
+    log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
+    log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} tokens:{val_tokens.size - 1}")
+
+    # ---- model and optimizers ----------------------------------------------------------------
+    base_model = build_model(args, device)
+    compiled_model = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
+    model = DDP(compiled_model, device_ids=[local_rank] if device.type == "cuda" else None,
+                broadcast_buffers=False) if distributed else compiled_model
+    orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
+    optimizers, muon = build_optimizers(base_model, args, rank, world_size, orthogonalize)
+    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+    log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
+    log("sdp_backends:cudnn=False flash=True mem_efficient=False math=False" if device.type == "cuda"
+        else "sdp_backends:cpu")
+    log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
+    log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{token_lr} "
+        f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
+    log(f"train_batch_tokens:{args.train_batch_tokens} train_seq_len:{args.train_seq_len} "
+        f"iterations:{args.iterations} warmup_steps:{args.warmup_steps} "
+        f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
+    log(f"seed:{args.seed}")
+
+    def evaluate() -> tuple[float, float]:
+        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device)
+
+    if args.eval_artifact:
+        # ---- score an existing artifact, no training --------------------------------------
+        load_weights(base_model, load_artifact(args.eval_artifact), args.eval_artifact)
+        artifact_bytes = Path(args.eval_artifact).stat().st_size
+        log(f"eval_artifact:{args.eval_artifact} bytes:{artifact_bytes}")
+        log(f"Total submission size int8+zlib: {artifact_bytes + len(code.encode('utf-8'))} bytes")
+        report_roundtrip(log, evaluate, device)
+        if distributed:
+            dist.destroy_process_group()
+        return
+
+    # ---- compile warmup: prime kernels on real steps, then restore the exact start state ----
+    if args.warmup_steps > 0:
+        initial_weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+        initial_optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+        for warmup_step in range(1, args.warmup_steps + 1):
+            forward_backward(model, loader, args, grad_accum_steps, distributed, device)
+            optimizer_step(optimizers, base_model, 1.0, args.grad_clip_norm)
+            if args.warmup_steps <= 20 or warmup_step % 10 == 0 or warmup_step == args.warmup_steps:
+                log(f"warmup_step:{warmup_step}/{args.warmup_steps}")
+        base_model.load_state_dict(initial_weights, strict=True)
+        for opt, state in zip(optimizers, initial_optimizer_states):
+            opt.load_state_dict(state)
+        loader = new_loader()
+
+    # ---- training loop: the clock runs only while training ----------------------------------
+    max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    training_time_ms, stop_after_step, step = 0.0, None, 0
+    sync(device)
+    t0 = time.perf_counter()
+    while True:
+        last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
+        if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
+            sync(device)
+            training_time_ms += 1000.0 * (time.perf_counter() - t0)
+            val_loss, val_bpb = evaluate()
+            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
+            sync(device)
+            t0 = time.perf_counter()
+        if last_step:
+            if stop_after_step is not None and step < args.iterations:
+                log(f"stopping_early: wallclock_cap train_time:{training_time_ms:.0f}ms step:{step}/{args.iterations}")
+            break
+
+        elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms)
+        train_loss = forward_backward(model, loader, args, grad_accum_steps, distributed, device)
+        muon.param_groups[0]["momentum"] = muon_momentum_at(
+            step, args.muon_momentum_warmup_start, args.muon_momentum, args.muon_momentum_warmup_steps)
+        optimizer_step(optimizers, base_model, lr_scale, args.grad_clip_norm)
+        step += 1
+
+        approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
+        if distributed and max_wallclock_ms is not None:  # every rank stops on the same step
+            flag = torch.tensor(int(reached_cap), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            reached_cap = bool(flag.item())
+        if stop_after_step is None and reached_cap:
+            stop_after_step = step
+        if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after_step):
+            if distributed:  # log the global batch's mean loss, not rank 0's share
+                dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
+                train_loss /= world_size
+            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
+                f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
+
+    if device.type == "cuda":
+        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+    else:
+        log("peak memory allocated: 0 MiB reserved: 0 MiB")
+
+    # ---- export: raw weights, then the int8+zlib artifact that is the submission ------------
+    if rank == 0:
+        code_bytes = len(code.encode("utf-8"))
+        torch.save(base_model.state_dict(), paths["raw"])
+        raw_bytes = paths["raw"].stat().st_size
+        log(f"Serialized model: {raw_bytes} bytes")
+        log(f"Code size: {code_bytes} bytes")
+        log(f"Total submission size: {raw_bytes + code_bytes} bytes")
+        quant_obj, quant_stats = quantize_state_dict(base_model.state_dict())
+        blob, torch_bytes = serialize_artifact(quant_obj)
+        paths["artifact"].write_bytes(blob)
+        ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
+        log(f"Serialized model int8+zlib: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
+            f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
+        log(f"Total submission size int8+zlib: {len(blob) + code_bytes} bytes")
+        log(f"artifact:{paths['artifact']}")
+
+    # ---- roundtrip: every rank reloads the artifact from disk and scores it -----------------
+    if distributed:
+        dist.barrier()
+    load_weights(base_model, load_artifact(str(paths["artifact"])), str(paths["artifact"]))
+    report_roundtrip(log, evaluate, device)
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank finds the same problem; say it once
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
