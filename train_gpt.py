@@ -10,7 +10,6 @@ on CUDA or, for tiny configurations, on the CPU.
 from __future__ import annotations
 
 import copy
-import glob
 import io
 import math
 import os
@@ -41,6 +40,20 @@ class ConfigError(Exception):
 # Each attribute below is read from the environment variable of the same name in upper case;
 # the value written here is the record's default. One table, read once when the object is built.
 # -----------------------------------------------------------------------------
+
+def parse_env_value(var: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return kind(raw)
+    except ValueError:
+        expected = {bool: "0 or 1", int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigError(f"{var}={raw!r} is not {expected}; set {var} to {expected}") from None
+
 
 class Hyperparameters:
     # Data, tokenizer and run identity.
@@ -108,20 +121,6 @@ class Hyperparameters:
         return "hyperparameters: " + " ".join(f"{k}={getattr(self, k)}" for k in self.defaults())
 
 
-def parse_env_value(var: str, raw: str, kind: type) -> object:
-    try:
-        if kind is bool:
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return kind(raw)
-    except ValueError:
-        expected = {bool: "0 or 1", int: "an integer", float: "a number", str: "a string"}[kind]
-        raise ConfigError(f"{var}={raw!r} is not {expected}; set {var} to {expected}") from None
-
-
 # -----------------------------------------------------------------------------
 # DATA
 # Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens.
@@ -169,8 +168,11 @@ def find_shards(data_path: str, need_train: bool = True) -> tuple[list[Path], li
         raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_train_*.bin shards; {GET_DATA_HINT}")
     if not val:
         raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_val_*.bin shard; {GET_DATA_HINT}")
-    for path in train + val:
+    train_tokens = sum(read_shard_header(path) for path in train)
+    for path in val:
         read_shard_header(path)
+    if need_train and train_tokens == 0:
+        raise ConfigError(f"the training shards in DATA_PATH={data_path} hold no tokens; {GET_DATA_HINT}")
     return train, val
 
 
@@ -214,8 +216,13 @@ class DistributedTokenLoader:
     span r. The extra token lets inputs and targets be the same span shifted by one."""
 
     def __init__(self, files: list[Path], vocab_size: int, rank: int, world_size: int, device: torch.device):
-        self.stream = TokenStream(files, vocab_size)
+        self.files, self.vocab_size = files, vocab_size
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the first token of the first shard."""
+        self.stream = TokenStream(self.files, self.vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
         local_tokens = global_tokens // (self.world_size * grad_accum_steps)
@@ -370,9 +377,6 @@ class GPT(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
         dim, layers = args.model_dim, args.num_layers
-        if dim % args.num_heads or args.num_heads % args.num_kv_heads or (dim // args.num_heads) % 2:
-            raise ConfigError(f"MODEL_DIM={dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
-                              f"heads must divide MODEL_DIM into even head sizes and KV heads must divide heads")
         self.rope_base, self.logit_softcap = args.rope_base, args.logit_softcap
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
         self.num_encoder_layers = layers // 2
@@ -661,6 +665,9 @@ def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_l
 
 # -----------------------------------------------------------------------------
 # TRAINING
+# One optimizer step is grad_accum_steps micro-batches in each of WORLD_SIZE processes: always 8
+# micro-batches, so the global batch is the same on any number of GPUs. The clock counts only
+# training: the compile warmup runs before it starts and validation pauses it.
 # -----------------------------------------------------------------------------
 
 class RunLog:
@@ -676,6 +683,25 @@ class RunLog:
             print(msg, flush=True)
         with open(self.path, "a", encoding="utf-8") as f:
             print(msg, file=f)
+
+
+@dataclass
+class Run:
+    """Where this process sits in the run, and what every phase needs from that."""
+    args: Hyperparameters
+    rank: int
+    world_size: int
+    grad_accum_steps: int
+    distributed: bool  # launched by torchrun, even with one process
+    device: torch.device
+    log: RunLog
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
 
 def run_paths(run_id: str) -> dict[str, Path]:
@@ -702,7 +728,13 @@ def claim_run_paths(run_id: str, writes_model: bool) -> dict[str, Path]:
     return paths
 
 
-def check_batch_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
+    if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
+        raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
+                          f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
@@ -714,20 +746,19 @@ def check_batch_shapes(args: Hyperparameters, world_size: int, grad_accum_steps:
                           f"set it to at least {per_micro_step}")
 
 
-def forward_backward(model: nn.Module, loader: DistributedTokenLoader, args: Hyperparameters,
-                     grad_accum_steps: int, distributed: bool, device: torch.device) -> Tensor:
-    """One optimizer step's gradients: grad_accum_steps micro-batches, each loss scaled by
-    1/grad_accum_steps. DDP all-reduces only on the last one. Returns the mean loss."""
-    total = torch.zeros((), device=device)
-    for micro_step in range(grad_accum_steps):
-        if distributed:
-            model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
-        x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
+    """Accumulates one step's gradients, each micro-batch's loss scaled by 1/grad_accum_steps.
+    DDP all-reduces only on the last micro-batch. Returns the mean loss."""
+    total = torch.zeros((), device=run.device)
+    for micro_step in range(run.grad_accum_steps):
+        if run.distributed:
+            model.require_backward_grad_sync = micro_step == run.grad_accum_steps - 1
+        x, y = loader.next_batch(run.args.train_batch_tokens, run.args.train_seq_len, run.grad_accum_steps)
+        with run.autocast():
             loss = model(x, y)
-        (loss / grad_accum_steps).backward()
+        (loss / run.grad_accum_steps).backward()
         total += loss.detach()
-    return total / grad_accum_steps
+    return total / run.grad_accum_steps
 
 
 def optimizer_step(optimizers: list[torch.optim.Optimizer], model: nn.Module, lr_scale: float,
@@ -743,160 +774,40 @@ def optimizer_step(optimizers: list[torch.optim.Optimizer], model: nn.Module, lr
         opt.zero_grad(set_to_none=True)
 
 
-def describe_environment(device: torch.device) -> str:
-    lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
-    if device.type == "cuda":
-        try:
-            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
-        except OSError:
-            lines.append("nvidia-smi: not found")
-    return "\n".join(lines)
+def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer],
+                     loader: DistributedTokenLoader) -> None:
+    """Runs WARMUP_STEPS real steps to compile and prime every kernel, then restores the initial
+    weights, optimizer states and data stream, so timed training starts from the true init."""
+    weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    n = run.args.warmup_steps
+    for step in range(1, n + 1):
+        forward_backward(run, model, loader)
+        optimizer_step(optimizers, base_model, 1.0, run.args.grad_clip_norm)
+        if n <= 20 or step % 10 == 0 or step == n:
+            run.log(f"warmup_step:{step}/{n}")
+    base_model.load_state_dict(weights, strict=True)
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
+    loader.reset()
 
 
-def hardware_line(device: torch.device, world_size: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return f"hardware:{name.replace(' ', '_')} count:{world_size}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def report_roundtrip(log: RunLog, evaluate, device: torch.device) -> None:
-    sync(device)
-    t0 = time.perf_counter()
-    val_loss, val_bpb = evaluate()
-    sync(device)
-    log(f"final_int8_zlib_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-        f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
-    log(f"final_int8_zlib_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
-
-
-def main() -> None:
-    code = Path(__file__).read_text(encoding="utf-8")
-    args = Hyperparameters()
-
-    # ---- setup: processes, device, run identity -------------------------------------------
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 0 or 8 % world_size:
-        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
-    grad_accum_steps = 8 // world_size
-    check_batch_shapes(args, world_size, grad_accum_steps)
-    train_files, val_files = find_shards(args.data_path, need_train=not args.eval_artifact)
-    sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
-
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.enable_flash_sdp(True)
-        for enable in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
-                       torch.backends.cuda.enable_math_sdp):
-            enable(False)
-    if distributed:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
-
-    def new_loader() -> DistributedTokenLoader:
-        return DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
-
-    # Reading the first train shard now makes a bad one fail before the model is built.
-    loader = None if args.eval_artifact else new_loader()
-    run_id = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"]
-    if distributed:
-        dist.broadcast_object_list(run_id, src=0)  # one id, chosen by rank 0
-    args.run_id = run_id[0]
-    paths = run_paths(args.run_id)
-    if rank == 0:
-        paths = claim_run_paths(args.run_id, writes_model=not args.eval_artifact)
-        print(paths["log"], flush=True)
-    log = RunLog(paths["log"] if rank == 0 else None)
-    log(code, console=False)
-    log("=" * 100, console=False)
-    log(describe_environment(device), console=False)
-    log("=" * 100, console=False)
-    log(args.as_line())
-    log(hardware_line(device, world_size))
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # ---- the metric --------------------------------------------------------------------------
-    tables = build_byte_tables(sp, args.vocab_size).to(device)
-    val_batch_seqs = args.val_batch_size // (world_size * grad_accum_steps) // args.train_seq_len
-    log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
-    log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
-    log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} tokens:{val_tokens.size - 1}")
-
-    # ---- model and optimizers ----------------------------------------------------------------
-    base_model = build_model(args, device)
-    compiled_model = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
-    model = DDP(compiled_model, device_ids=[local_rank] if device.type == "cuda" else None,
-                broadcast_buffers=False) if distributed else compiled_model
-    orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
-    optimizers, muon = build_optimizers(base_model, args, rank, world_size, orthogonalize)
-    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
-    log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
-    log("sdp_backends:cudnn=False flash=True mem_efficient=False math=False" if device.type == "cuda"
-        else "sdp_backends:cpu")
-    log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
-    token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
-    log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{token_lr} "
-        f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
-    log(f"train_batch_tokens:{args.train_batch_tokens} train_seq_len:{args.train_seq_len} "
-        f"iterations:{args.iterations} warmup_steps:{args.warmup_steps} "
-        f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
-    log(f"seed:{args.seed}")
-
-    def evaluate() -> tuple[float, float]:
-        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device)
-
-    if args.eval_artifact:
-        # ---- score an existing artifact, no training --------------------------------------
-        load_weights(base_model, load_artifact(args.eval_artifact), args.eval_artifact)
-        artifact_bytes = Path(args.eval_artifact).stat().st_size
-        log(f"eval_artifact:{args.eval_artifact} bytes:{artifact_bytes}")
-        log(f"Total submission size int8+zlib: {artifact_bytes + len(code.encode('utf-8'))} bytes")
-        report_roundtrip(log, evaluate, device)
-        if distributed:
-            dist.destroy_process_group()
-        return
-
-    # ---- compile warmup: prime kernels on real steps, then restore the exact start state ----
-    if args.warmup_steps > 0:
-        initial_weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
-        initial_optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-        for warmup_step in range(1, args.warmup_steps + 1):
-            forward_backward(model, loader, args, grad_accum_steps, distributed, device)
-            optimizer_step(optimizers, base_model, 1.0, args.grad_clip_norm)
-            if args.warmup_steps <= 20 or warmup_step % 10 == 0 or warmup_step == args.warmup_steps:
-                log(f"warmup_step:{warmup_step}/{args.warmup_steps}")
-        base_model.load_state_dict(initial_weights, strict=True)
-        for opt, state in zip(optimizers, initial_optimizer_states):
-            opt.load_state_dict(state)
-        loader = new_loader()
-
-    # ---- training loop: the clock runs only while training ----------------------------------
+def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
+          loader: DistributedTokenLoader, evaluate) -> None:
+    args, log = run.args, run.log
     max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
     training_time_ms, stop_after_step, step = 0.0, None, 0
-    sync(device)
+    run.sync()
     t0 = time.perf_counter()
     while True:
         last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
         if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
-            sync(device)
+            run.sync()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
             val_loss, val_bpb = evaluate()
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
-            sync(device)
+            run.sync()
             t0 = time.perf_counter()
         if last_step:
             if stop_after_step is not None and step < args.iterations:
@@ -905,7 +816,7 @@ def main() -> None:
 
         elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms)
-        train_loss = forward_backward(model, loader, args, grad_accum_steps, distributed, device)
+        train_loss = forward_backward(run, model, loader)
         muon.param_groups[0]["momentum"] = muon_momentum_at(
             step, args.muon_momentum_warmup_start, args.muon_momentum, args.muon_momentum_warmup_steps)
         optimizer_step(optimizers, base_model, lr_scale, args.grad_clip_norm)
@@ -913,48 +824,175 @@ def main() -> None:
 
         approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
-        if distributed and max_wallclock_ms is not None:  # every rank stops on the same step
-            flag = torch.tensor(int(reached_cap), device=device)
+        if run.distributed and max_wallclock_ms is not None:  # every rank stops on the same step
+            flag = torch.tensor(int(reached_cap), device=run.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             reached_cap = bool(flag.item())
         if stop_after_step is None and reached_cap:
             stop_after_step = step
         if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after_step):
-            if distributed:  # log the global batch's mean loss, not rank 0's share
+            if run.distributed:  # the global batch's mean loss, not rank 0's share
                 dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
-                train_loss /= world_size
+                train_loss /= run.world_size
             log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
                 f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
 
-    if device.type == "cuda":
+    if run.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
     else:
         log("peak memory allocated: 0 MiB reserved: 0 MiB")
 
-    # ---- export: raw weights, then the int8+zlib artifact that is the submission ------------
-    if rank == 0:
-        code_bytes = len(code.encode("utf-8"))
-        torch.save(base_model.state_dict(), paths["raw"])
-        raw_bytes = paths["raw"].stat().st_size
-        log(f"Serialized model: {raw_bytes} bytes")
-        log(f"Code size: {code_bytes} bytes")
-        log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-        quant_obj, quant_stats = quantize_state_dict(base_model.state_dict())
-        blob, torch_bytes = serialize_artifact(quant_obj)
-        paths["artifact"].write_bytes(blob)
-        ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
-        log(f"Serialized model int8+zlib: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
-            f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
-        log(f"Total submission size int8+zlib: {len(blob) + code_bytes} bytes")
-        log(f"artifact:{paths['artifact']}")
 
-    # ---- roundtrip: every rank reloads the artifact from disk and scores it -----------------
+def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -> None:
+    """Rank 0 writes the raw weights and the int8+zlib artifact, and logs the sizes that count."""
+    if run.rank != 0:
+        return
+    log, state = run.log, base_model.state_dict()
+    torch.save(state, paths["raw"])
+    raw_bytes = paths["raw"].stat().st_size
+    log(f"Serialized model: {raw_bytes} bytes")
+    log(f"Code size: {code_bytes} bytes")
+    log(f"Total submission size: {raw_bytes + code_bytes} bytes")
+    quant_obj, quant_stats = quantize_state_dict(state)
+    blob, torch_bytes = serialize_artifact(quant_obj)
+    paths["artifact"].write_bytes(blob)
+    ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
+    log(f"Serialized model int8+zlib: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
+        f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
+    log(f"Total submission size int8+zlib: {len(blob) + code_bytes} bytes")
+    log(f"artifact:{paths['artifact']}")
+
+
+def report_roundtrip(run: Run, evaluate) -> None:
+    run.sync()
+    t0 = time.perf_counter()
+    val_loss, val_bpb = evaluate()
+    run.sync()
+    run.log(f"final_int8_zlib_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+            f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
+    run.log(f"final_int8_zlib_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+
+
+def describe_environment(device: torch.device, world_size: int) -> tuple[str, str]:
+    """The log's file-only header (versions, nvidia-smi) and a one-line hardware summary."""
+    lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
+    name = "cpu"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        try:
+            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
+        except OSError:
+            lines.append("nvidia-smi: not found")
+    return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
+
+
+def setup_device(local_rank: int) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_flash_sdp(True)
+    for disable in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                    torch.backends.cuda.enable_math_sdp):
+        disable(False)
+    return device
+
+
+def main() -> None:
+    code = Path(__file__).read_text(encoding="utf-8")
+    args = Hyperparameters()
+
+    # ---- check every input before any GPU work ----------------------------------------------
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 0 or 8 % world_size:
+        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
+    grad_accum_steps = 8 // world_size
+    check_shapes(args, world_size, grad_accum_steps)
+    train_files, val_files = find_shards(args.data_path, need_train=not args.eval_artifact)
+    sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
+    val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
+    artifact = args.eval_artifact or None
+    artifact_state = load_artifact(artifact) if artifact else None
+    device = setup_device(local_rank)
+    # Opening the stream reads the first train shard, so a bad one fails here too.
+    loader = None if args.eval_artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
+
+    # ---- processes, run identity, log -------------------------------------------------------
     if distributed:
-        dist.barrier()
-    load_weights(base_model, load_artifact(str(paths["artifact"])), str(paths["artifact"]))
-    report_roundtrip(log, evaluate, device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    run_id = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"]
     if distributed:
+        dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
+    args.run_id = run_id[0]
+    paths = claim_run_paths(args.run_id, writes_model=not args.eval_artifact) if rank == 0 else run_paths(args.run_id)
+    if rank == 0:
+        print(paths["log"], flush=True)
+    run = Run(args, rank, world_size, grad_accum_steps, distributed, device, RunLog(paths["log"] if rank == 0 else None))
+    environment, hardware = describe_environment(device, world_size)
+    for text in (code, "=" * 100, environment, "=" * 100):
+        run.log(text, console=False)
+    run.log(args.as_line())
+    run.log(hardware)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # ---- the metric --------------------------------------------------------------------------
+    tables = build_byte_tables(sp, args.vocab_size).to(device)
+    val_batch_seqs = args.val_batch_size // (world_size * grad_accum_steps) // args.train_seq_len
+    run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
+    run.log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
+    run.log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} tokens:{val_tokens.size - 1}")
+
+    # ---- model and optimizers ----------------------------------------------------------------
+    base_model = build_model(args, device)
+    compiled_model = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
+    model = DDP(compiled_model, device_ids=[local_rank] if device.type == "cuda" else None) if distributed \
+        else compiled_model
+    orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
+    optimizers, muon = build_optimizers(base_model, args, rank, world_size, orthogonalize)
+    run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+    run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
+    run.log("sdp_backends:cudnn=False flash=True mem_efficient=False math=False" if device.type == "cuda"
+            else "sdp_backends:cpu")
+    run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{args.tied_embed_lr if args.tie_embeddings else args.embed_lr} "
+            f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
+    run.log(f"train_batch_tokens:{args.train_batch_tokens} train_seq_len:{args.train_seq_len} "
+            f"iterations:{args.iterations} warmup_steps:{args.warmup_steps} "
+            f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
+    run.log(f"seed:{args.seed}")
+
+    def evaluate() -> tuple[float, float]:
+        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device)
+
+    # ---- train and export, or take an existing artifact --------------------------------------
+    code_bytes = len(code.encode("utf-8"))
+    if artifact:
+        run.log(f"eval_artifact:{artifact} bytes:{Path(artifact).stat().st_size}")
+        run.log(f"Total submission size int8+zlib: {Path(artifact).stat().st_size + code_bytes} bytes")
+    else:
+        if args.warmup_steps > 0:
+            warmup_and_reset(run, model, base_model, optimizers, loader)
+        train(run, model, base_model, optimizers, muon, loader, evaluate)
+        export(run, base_model, code_bytes, paths)
+        if distributed:
+            dist.barrier()  # the artifact is on disk before any rank reads it
+        artifact = str(paths["artifact"])
+        artifact_state = load_artifact(artifact)
+
+    # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
+    load_weights(base_model, artifact_state, artifact)
+    report_roundtrip(run, evaluate)
+    if distributed:
+        dist.barrier()  # no rank tears down while another still talks to it
         dist.destroy_process_group()
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import build
-import download
 import shards
 import train_gpt
 import verify
@@ -102,6 +101,16 @@ def test_build_is_deterministic_and_reads_every_compression(tmp_path, corpus, to
         assert (again / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+def test_build_reads_zstd(tmp_path, corpus, tokenizer_path, dataset):
+    zstandard = pytest.importorskip("zstandard", reason="zstandard (pip install zstandard) reads .zst inputs")
+    src = tmp_path / "docs.jsonl.zst"
+    src.write_bytes(zstandard.ZstdCompressor().compress(corpus.read_bytes()))
+    build.main([str(src), "--out", str(tmp_path / "out"), "--tokenizer", str(tokenizer_path),
+                "--val-docs", str(VAL_DOCS), "--shard-tokens", str(SHARD_TOKENS), "--quiet"])
+    for shard in sorted(dataset.glob("fineweb_*.bin")):
+        assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
+
+
 def test_build_refuses_to_mix_with_old_shards(tmp_path, corpus, tokenizer_path, capsys):
     args = [str(corpus), "--out", str(tmp_path), "--tokenizer", str(tokenizer_path), "--val-docs", "5", "--quiet"]
     build.main(args)
@@ -142,7 +151,7 @@ def test_verify_accepts_a_good_folder(dataset, tokenizer_path):
     run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(dataset), "--tokenizer",
                           str(tokenizer_path), "--val-docs", str(VAL_DOCS)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"val: 1 shards, " in run.stdout and f"{VAL_DOCS:,} BOS" in run.stdout and run.stdout.rstrip().endswith("OK")
+    assert "val: 1 shards, " in run.stdout and f"{VAL_DOCS:,} BOS" in run.stdout and run.stdout.rstrip().endswith("OK")
 
 
 @pytest.mark.parametrize("damage, message", [

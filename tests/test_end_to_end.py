@@ -19,7 +19,7 @@ SPEC_LINES = {
     "serialized": rf"^Serialized model int8\+zlib: {I} bytes \(payload:{I} raw_torch:{I} payload_ratio:{F}x\)$",
     "total": rf"^Total submission size int8\+zlib: {I} bytes$",
     "roundtrip": rf"^final_int8_zlib_roundtrip val_loss:{F} val_bpb:{F} eval_time:{I}ms$",
-    "exact": rf"^final_int8_zlib_roundtrip_exact val_loss:(\d+\.\d{{8}}) val_bpb:(\d+\.\d{{8}})$",
+    "exact": r"^final_int8_zlib_roundtrip_exact val_loss:(\d+\.\d{8}) val_bpb:(\d+\.\d{8})$",
     "model_params": rf"^model_params:{I}$",
     "world": rf"^world_size:{I} grad_accum_steps:{I}$",
     "seed": rf"^seed:{I}$",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 import shards
@@ -90,6 +89,8 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(SEED="x"), "SEED='x' is not an integer"),
     (dict(TRAIN_SEQ_LEN="8192", TRAIN_BATCH_TOKENS="65536", VAL_BATCH_SIZE="65536"), "fewer than one sequence"),
     (dict(WORLD_SIZE="3", RANK="0"), "WORLD_SIZE=3 must divide 8"),
+    (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
+    (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
