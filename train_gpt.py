@@ -106,6 +106,7 @@ class Hyperparameters:
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
+    sdpa_backend = "flash"  # CUDA attention kernel: flash (GQA native) or cudnn (KV heads expanded)
 
     def __init__(self, environ: dict[str, str] | None = None):
         environ = os.environ if environ is None else environ
@@ -302,6 +303,11 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
 
 
+# Attention kernels a run can pick on CUDA. Both compute the same function; cuDNN's lacks native
+# GQA, so KV heads are repeated for it.
+SDPA_BACKENDS = ("flash", "cudnn")
+
+
 def is_control_tensor(name: str) -> bool:
     return any(p in name for p in CONTROL_TENSOR_PATTERNS)
 
@@ -326,9 +332,10 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
+        self.expand_kv = expand_kv and num_kv_heads != num_heads  # for kernels without native GQA
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
         self.c_v = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
@@ -343,7 +350,11 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary(F.rms_norm(q, (self.head_dim,)), *rope)
         k = apply_rotary(F.rms_norm(k, (self.head_dim,)), *rope)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads)
+        if self.expand_kv:  # query head h reads KV head h // (num_heads/num_kv_heads), as GQA does
+            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        gqa = self.num_kv_heads != self.num_heads and not self.expand_kv
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -358,9 +369,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, qk_gain_init: float):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, qk_gain_init: float,
+                 expand_kv: bool):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, qk_gain_init)
+        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, qk_gain_init, expand_kv)
         self.mlp = MLP(dim, mlp_mult)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
@@ -382,7 +394,8 @@ class GPT(nn.Module):
         self.num_encoder_layers = layers // 2
         self.skip_weights = nn.Parameter(torch.ones(min(layers // 2, layers - layers // 2), dim))
         self.blocks = nn.ModuleList(
-            Block(dim, args.num_heads, args.num_kv_heads, args.mlp_mult, args.qk_gain_init) for _ in range(layers))
+            Block(dim, args.num_heads, args.num_kv_heads, args.mlp_mult, args.qk_gain_init,
+                  expand_kv=args.sdpa_backend == "cudnn") for _ in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
         # Output projections start at zero so every block begins as the identity.
         zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
@@ -437,23 +450,25 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 # -----------------------------------------------------------------------------
 
 def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
-    """Maps G = U S V^T to roughly U V^T. The coefficients trade exactness for speed: singular
-    values land in a band around 1 instead of on it, which Muon tolerates."""
+    """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The
+    coefficients trade exactness for speed: singular values land in a band around 1 instead of
+    on it, which Muon tolerates."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
-    X = X / (X.norm() + eps)
-    wide = G.size(0) <= G.size(1)
-    if not wide:  # iterate on the wide orientation so X @ X.T is the smaller Gram matrix
-        X = X.T
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    wide = G.size(-2) <= G.size(-1)
+    if not wide:  # iterate on the wide orientation so X @ X^T is the smaller Gram matrix
+        X = X.mT
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    return X if wide else X.T
+    return X if wide else X.mT
 
 
 class Muon(torch.optim.Optimizer):
-    """Each rank orthogonalizes every world_size-th matrix; one all-reduce of a flat bf16 buffer
-    then gives every rank every update."""
+    """Each rank orthogonalizes every world_size-th matrix, stacking those of one shape into a
+    single batched Newton-Schulz call (one launch sequence instead of one per matrix); one
+    all-reduce of a flat bf16 buffer then gives every rank every update."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
                  world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5):
@@ -464,25 +479,29 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         for group in self.param_groups:
             params, momentum = group["params"], group["momentum"]
-            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
-            offset = 0
+            offsets = [0]
+            for p in params:
+                offsets.append(offsets[-1] + p.numel())
+            updates = torch.zeros(offsets[-1], device=params[0].device, dtype=torch.bfloat16)
+            by_shape: dict[torch.Size, list[tuple[int, Tensor]]] = {}
             for i, p in enumerate(params):
-                if i % self.world_size == self.rank and p.grad is not None:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p.grad)
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(p.grad)
-                    u = self.orthogonalize(p.grad.add(buf, alpha=momentum), steps=group["backend_steps"])
-                    u = u * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    updates[offset: offset + p.numel()] = u.flatten()
-                offset += p.numel()
+                if i % self.world_size != self.rank or p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(p.grad)
+                by_shape.setdefault(p.shape, []).append((i, p.grad.add(buf, alpha=momentum)))  # Nesterov
+            for shape, items in by_shape.items():
+                u = self.orthogonalize(torch.stack([g for _, g in items]), steps=group["backend_steps"])
+                u = u * max(1.0, shape[0] / shape[1]) ** 0.5
+                for (i, _), u_i in zip(items, u):
+                    updates[offsets[i]: offsets[i + 1]] = u_i.flatten()
             if self.world_size > 1:
                 dist.all_reduce(updates, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                p.add_(updates[offset: offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+            for i, p in enumerate(params):
+                p.add_(updates[offsets[i]: offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int,
@@ -729,6 +748,8 @@ def claim_run_paths(run_id: str, writes_model: bool) -> dict[str, Path]:
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    if args.sdpa_backend not in SDPA_BACKENDS:
+        raise ConfigError(f"SDPA_BACKEND={args.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
     for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
@@ -887,18 +908,26 @@ def describe_environment(device: torch.device, world_size: int) -> tuple[str, st
     return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
 
 
-def setup_device(local_rank: int) -> torch.device:
+def setup_device(local_rank: int, sdpa_backend: str) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.enable_flash_sdp(True)
-    for disable in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
-                    torch.backends.cuda.enable_math_sdp):
-        disable(False)
+    torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_math_sdp(False)
     return device
+
+
+def sdp_backends_line(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "sdp_backends:cpu"
+    b = torch.backends.cuda
+    return (f"sdp_backends:cudnn={b.cudnn_sdp_enabled()} flash={b.flash_sdp_enabled()} "
+            f"mem_efficient={b.mem_efficient_sdp_enabled()} math={b.math_sdp_enabled()}")
 
 
 def main() -> None:
@@ -919,7 +948,7 @@ def main() -> None:
     val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
     artifact = args.eval_artifact or None
     artifact_state = load_artifact(artifact) if artifact else None
-    device = setup_device(local_rank)
+    device = setup_device(local_rank, args.sdpa_backend)
     # Opening the stream reads the first train shard, so a bad one fails here too.
     loader = None if args.eval_artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
 
@@ -960,8 +989,7 @@ def main() -> None:
     optimizers, muon = build_optimizers(base_model, args, rank, world_size, orthogonalize)
     run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
     run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
-    run.log("sdp_backends:cudnn=False flash=True mem_efficient=False math=False" if device.type == "cuda"
-            else "sdp_backends:cpu")
+    run.log(sdp_backends_line(device))
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{args.tied_embed_lr if args.tie_embeddings else args.embed_lr} "
             f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")

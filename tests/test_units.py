@@ -269,3 +269,44 @@ def test_model_and_newton_schulz_trace_as_single_graphs():
     assert model.blocks[0].attn.c_q.weight.grad is not None
     ns = torch.compile(train_gpt.zeropower_via_newtonschulz5, backend="eager", fullgraph=True)
     torch.testing.assert_close(ns(torch.randn(64, 128), steps=5).float().norm(), torch.tensor(8.0), rtol=0.2, atol=0)
+
+
+def test_batched_muon_matches_one_matrix_at_a_time(monkeypatch):
+    torch.manual_seed(1)
+    shapes = [(64, 32), (32, 64), (64, 32), (48, 48), (32, 64), (48, 48), (64, 32)]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    start = [p.detach().clone() for p in params]
+    muon = train_gpt.Muon(params, lr=0.05, momentum=0.95, backend_steps=5)
+    grads = [torch.randn(s) for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    muon.step()
+    for p, w0, g in zip(params, start, grads):
+        u = train_gpt.zeropower_via_newtonschulz5(g + 0.95 * g, steps=5).float()
+        u = (u * max(1.0, g.shape[0] / g.shape[1]) ** 0.5).bfloat16().float()
+        # A batched bf16 matmul may round differently from a single one: within bf16 noise.
+        torch.testing.assert_close(p.detach(), w0 - 0.05 * u, rtol=0, atol=0.05 * 0.02)
+    # Ranks split the matrices round-robin: together they cover each exactly once. (Without the
+    # all-reduce, each simulated rank applies only its own share.)
+    monkeypatch.setattr(train_gpt.dist, "all_reduce", lambda *args, **kwargs: None)
+    covered = []
+    for rank in range(3):
+        part = train_gpt.Muon([torch.nn.Parameter(w.clone()) for w in start], 0.05, 0.95, 5, rank, 3)
+        for p, g in zip(part.param_groups[0]["params"], grads):
+            p.grad = g.clone()
+        part.step()
+        covered += [i for i, (p, w0) in enumerate(zip(part.param_groups[0]["params"], start)) if not torch.equal(p, w0)]
+    assert sorted(covered) == list(range(len(shapes)))
+
+
+def test_cudnn_layout_computes_the_same_attention():
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
+    native = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
+    assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv
+    with torch.no_grad():
+        for p in native.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        expanded.load_state_dict(native.state_dict())
+        x = torch.randint(0, 512, (2, 48))
+        torch.testing.assert_close(expanded.logits(x), native.logits(x), rtol=1e-5, atol=1e-5)

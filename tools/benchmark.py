@@ -1,0 +1,126 @@
+"""Training speed of train_gpt.py's current configuration, on synthetic tokens (no data needed).
+
+    torchrun --standalone --nproc_per_node=1 tools/benchmark.py
+    SDPA_BACKEND=flash BENCH_STEPS=30 torchrun --standalone --nproc_per_node=2 tools/benchmark.py
+    BENCH_PROFILE=trace.json torchrun --standalone --nproc_per_node=1 tools/benchmark.py
+
+Every environment variable of train_gpt.py applies (shape, batch, SDPA_BACKEND, COMPILE, ...). It
+builds the model and optimizers with train_gpt.py's own functions, runs WARMUP_STEPS untimed steps
+(compilation), then BENCH_STEPS timed steps of the real training step (forward, backward, DDP,
+Muon, Adam) on random tokens, and prints one line:
+
+    benchmark: step_avg:391.20ms tokens_per_s:1005123 model_tflops_per_s:216.4 mfu:0.274 ...
+
+MFU counts the matmul FLOPs of the model (6 x matrix parameters per token, the tied head included)
+plus causal attention (6 x seq_len x model_dim per token per layer, forward and backward), over
+BENCH_PEAK_TFLOPS per GPU (default 790: the bf16 matrix rate measured on an H200 of this
+workplace). BENCH_PROFILE=path also writes a torch profiler trace of 3 steps and prints the CUDA
+kernels that take the most time.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt as tg  # noqa: E402
+
+
+class SyntheticLoader:
+    """Stands in for DistributedTokenLoader: uniform random tokens of the right shapes."""
+
+    def __init__(self, vocab_size: int, rank: int, world_size: int, device: torch.device):
+        self.vocab_size, self.world_size, self.device = vocab_size, world_size, device
+        self.generator = torch.Generator(device=device).manual_seed(1234 + rank)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        rows = global_tokens // (self.world_size * grad_accum_steps) // seq_len
+        tokens = torch.randint(0, self.vocab_size, (rows, seq_len + 1), device=self.device, generator=self.generator)
+        return tokens[:, :-1], tokens[:, 1:]
+
+
+def flops_per_token(args: tg.Hyperparameters) -> float:
+    d, hidden, kv = args.model_dim, args.mlp_mult * args.model_dim, args.num_kv_heads * (args.model_dim // args.num_heads)
+    block_matrices = d * d * 2 + d * kv * 2 + d * hidden * 2  # q, proj; k, v; fc, proj
+    matrix_params = args.num_layers * block_matrices + args.vocab_size * d  # + the output layer
+    attention = 6 * args.train_seq_len * d * args.num_layers  # QK^T and AV, causal half, fwd + bwd
+    return 6 * matrix_params + attention
+
+
+def main() -> None:
+    args = tg.Hyperparameters()
+    steps = int(os.environ.get("BENCH_STEPS", "20"))
+    peak_tflops = float(os.environ.get("BENCH_PEAK_TFLOPS", "790"))
+    profile_path = os.environ.get("BENCH_PROFILE", "")
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    grad_accum_steps = 8 // world_size
+    tg.check_shapes(args, world_size, grad_accum_steps)
+    device = tg.setup_device(int(os.environ.get("LOCAL_RANK", "0")), args.sdpa_backend)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    run = tg.Run(args, rank, world_size, grad_accum_steps, distributed, device, tg.RunLog(None))
+
+    base_model = tg.build_model(args, device)
+    compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
+    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if distributed else compiled
+    orthogonalize = torch.compile(tg.zeropower_via_newtonschulz5) if args.compile else tg.zeropower_via_newtonschulz5
+    optimizers, muon = tg.build_optimizers(base_model, args, rank, world_size, orthogonalize)
+    loader = SyntheticLoader(args.vocab_size, rank, world_size, device)
+
+    def step() -> None:
+        tg.forward_backward(run, model, loader)
+        tg.optimizer_step(optimizers, base_model, 1.0, args.grad_clip_norm)
+
+    t0 = time.perf_counter()
+    for _ in range(max(args.warmup_steps, 1)):
+        step()
+    run.sync()
+    warmup_s = time.perf_counter() - t0
+    times_ms = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        run.sync()
+        times_ms.append(1000 * (time.perf_counter() - t0))
+    if profile_path:
+        with torch.profiler.profile() as prof:
+            for _ in range(3):
+                step()
+            run.sync()
+    if rank == 0:
+        step_ms = statistics.median(times_ms)
+        tokens_per_s = args.train_batch_tokens / (step_ms / 1000)
+        model_tflops = flops_per_token(args) * tokens_per_s / 1e12
+        name = torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+        print(f"benchmark: step_avg:{step_ms:.2f}ms tokens_per_s:{tokens_per_s:.0f} "
+              f"model_tflops_per_s:{model_tflops:.1f} mfu:{model_tflops / (peak_tflops * world_size):.3f} "
+              f"step_min:{min(times_ms):.2f}ms step_max:{max(times_ms):.2f}ms steps:{steps} "
+              f"warmup_s:{warmup_s:.1f} world_size:{world_size} hardware:{name} sdpa_backend:{args.sdpa_backend} "
+              f"peak_alloc_mib:{torch.cuda.max_memory_allocated() // 2**20 if device.type == 'cuda' else 0}",
+              flush=True)
+        if profile_path:
+            prof.export_chrome_trace(profile_path)
+            sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort_key, row_limit=25, max_name_column_width=60))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except tg.ConfigError as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
