@@ -65,12 +65,14 @@ class Hyperparameters:
 
     # Validation and logging cadence. Validation always covers the whole validation split.
     val_batch_size = 524_288
+    eval_stride = 0  # 0: the final score uses non-overlapping windows (the seed); s: sliding windows every s tokens
     val_loss_every = 1000
     train_log_every = 200
 
     # Length of training.
     iterations = 20000
     warmdown_iters = 3000
+    warmdown_frac = 0.0  # > 0: warm down over this last fraction of the budget instead (seed: 3000/8394 = 0.357)
     warmup_steps = 20
     train_batch_tokens = 393_216
     train_seq_len = 4096
@@ -99,6 +101,7 @@ class Hyperparameters:
     muon_backend_steps = 5
     muon_momentum_warmup_start = 0.92
     muon_momentum_warmup_steps = 1500
+    muon_momentum_warmup_frac = 0.0  # > 0: warm up over this first fraction of the budget instead (seed: 0.179)
     beta1 = 0.9
     beta2 = 0.95
     adam_eps = 1e-8
@@ -421,9 +424,11 @@ class GPT(nn.Module):
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
+        """Mean cross-entropy, or with reduction="none" one loss per target, shaped as targets."""
         logits = self.logits(input_ids)
-        return F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction="mean")
+        losses = F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction=reduction)
+        return losses.view_as(target_ids) if reduction == "none" else losses
 
 
 def build_model(args: Hyperparameters, device: torch.device) -> GPT:
@@ -530,10 +535,20 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     return optimizers, muon
 
 
+def budget_used(step: int, elapsed_ms: float, iterations: int, max_wallclock_ms: float | None) -> float:
+    """The fraction of the run's budget spent: of the wallclock cap, or of ITERATIONS without one.
+    Schedules given in this unit keep their shape whether a run is 3 or 10 minutes long."""
+    return elapsed_ms / max_wallclock_ms if max_wallclock_ms else step / max(iterations, 1)
+
+
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
-                  max_wallclock_ms: float | None) -> float:
-    """1 until the warmdown, then linear to 0. Under a wallclock cap the warmdown is the last
-    warmdown_iters steps at the average step time so far, so it ends exactly at the cap."""
+                  max_wallclock_ms: float | None, warmdown_frac: float = 0.0) -> float:
+    """1 until the warmdown, then linear to 0 at the end of the budget. The warmdown is the last
+    warmdown_frac of the budget if that is set; otherwise the last warmdown_iters steps, which
+    under a wallclock cap means warmdown_iters times the average step time so far."""
+    if warmdown_frac > 0:
+        remaining = max(1.0 - budget_used(step, elapsed_ms, iterations, max_wallclock_ms), 0.0)
+        return min(1.0, remaining / warmdown_frac)
     if warmdown_iters <= 0:
         return 1.0
     if max_wallclock_ms is None:
@@ -543,9 +558,16 @@ def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters:
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
 
-def muon_momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float:
-    frac = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
-    return (1 - frac) * start + frac * end
+def warmup_done(step: int, warmup_steps: int, budget_fraction: float = 0.0, warmup_frac: float = 0.0) -> float:
+    """How far a warmup has come, from 0 to 1: over its first warmup_frac of the budget if that
+    is set, else over warmup_steps steps."""
+    if warmup_frac > 0:
+        return min(budget_fraction / warmup_frac, 1.0)
+    return min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+
+
+def muon_momentum_at(done: float, start: float, end: float) -> float:
+    return (1 - done) * start + done * end
 
 
 # -----------------------------------------------------------------------------
@@ -646,35 +668,55 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 
 # -----------------------------------------------------------------------------
 # EVALUATION
-# The validation split is cut into TRAIN_SEQ_LEN sequences; each rank scores a contiguous range
-# of them. Loss and byte sums are float64 and summed over ranks before dividing.
+# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous
+# range of windows, and loss and byte sums are float64, summed over ranks before dividing. By
+# default the windows do not overlap (the seed's evaluation). With EVAL_STRIDE=s they start every
+# s tokens and each scores only its last s targets, so every target still counts exactly once but
+# sees at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split
+# and scores only what no window scored before.
 # -----------------------------------------------------------------------------
 
+def window_ends(n_targets: int, seq_len: int, stride: int) -> list[int]:
+    """End (exclusive, in target positions) of every window; window k scores the targets from
+    the previous window's end up to its own."""
+    if stride <= 0 or stride >= seq_len:
+        return list(range(seq_len, n_targets + 1, seq_len))
+    return list(range(seq_len, n_targets, stride)) + [n_targets]
+
+
 def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int,
-                    batch_seqs: int, rank: int, world_size: int, device: torch.device) -> Tensor:
-    """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the split."""
-    total_seqs = (val_tokens.size - 1) // seq_len
-    first, last = total_seqs * rank // world_size, total_seqs * (rank + 1) // world_size
+                    batch_seqs: int, rank: int, world_size: int, device: torch.device, stride: int = 0) -> Tensor:
+    """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the windows."""
+    ends = window_ends(val_tokens.size - 1, seq_len, stride)
+    first, last = len(ends) * rank // world_size, len(ends) * (rank + 1) // world_size
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     model.eval()
     with torch.inference_mode():
-        for start in range(first, last, batch_seqs):
-            end = min(start + batch_seqs, last)
-            chunk = torch.from_numpy(val_tokens[start * seq_len: end * seq_len + 1].astype(np.int64)).to(device)
-            x, y = chunk[:-1].view(-1, seq_len), chunk[1:].view(-1, seq_len)
+        for b in range(first, last, batch_seqs):
+            batch = range(b, min(b + batch_seqs, last))
+            windows = np.stack([val_tokens[ends[k] - seq_len: ends[k] + 1] for k in batch])  # (B, seq_len + 1)
+            chunk = torch.from_numpy(windows.astype(np.int64)).to(device)
+            x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+            # Offset of the first target this window scores: 0 unless an earlier window scored it.
+            skip = [max((ends[k - 1] if k else 0) - (ends[k] - seq_len), 0) for k in batch]
+            whole = not any(skip)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                mean_loss = model(x, y).detach()
-            sums[0] += mean_loss.double() * y.numel()
-            sums[1] += y.numel()
-            sums[2] += tables.count(x.flatten(), y.flatten()).double().sum()
+                losses = model(x, y, reduction="mean" if whole else "none").detach()
+            if whole:  # the seed's sum: each batch's mean loss times its token count
+                sums += torch.stack([losses.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64,
+                                     device=device), tables.count(x, y).double().sum()])
+                continue
+            scored = torch.arange(seq_len, device=device)[None, :] >= torch.tensor(skip, device=device)[:, None]
+            sums += torch.stack([(losses.double() * scored).sum(), scored.sum().double(),
+                                 (tables.count(x, y).double() * scored).sum()])
     model.train()
     return sums
 
 
 def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
-             rank: int, world_size: int, device: torch.device) -> tuple[float, float]:
+             rank: int, world_size: int, device: torch.device, stride: int = 0) -> tuple[float, float]:
     """Returns (val_loss in nats per token, val_bpb) over the whole validation split."""
-    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device)
+    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device, stride)
     if world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     loss_sum, tokens, n_bytes = sums.tolist()
@@ -756,6 +798,9 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
+    if not 0 <= args.eval_stride < args.train_seq_len:
+        raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 (no sliding windows) or between 1 and "
+                          f"TRAIN_SEQ_LEN-1={args.train_seq_len - 1}")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
@@ -836,10 +881,13 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
             break
 
         elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms)
+        lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms,
+                                 args.warmdown_frac)
         train_loss = forward_backward(run, model, loader)
-        muon.param_groups[0]["momentum"] = muon_momentum_at(
-            step, args.muon_momentum_warmup_start, args.muon_momentum, args.muon_momentum_warmup_steps)
+        done = warmup_done(step, args.muon_momentum_warmup_steps,
+                           budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms),
+                           args.muon_momentum_warmup_frac)
+        muon.param_groups[0]["momentum"] = muon_momentum_at(done, args.muon_momentum_warmup_start, args.muon_momentum)
         optimizer_step(optimizers, base_model, lr_scale, args.grad_clip_norm)
         step += 1
 
@@ -886,9 +934,14 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -
 
 
 def report_roundtrip(run: Run, evaluate) -> None:
+    """The score of record: the rebuilt model on the whole split, in sliding windows if
+    EVAL_STRIDE is set."""
+    stride = run.args.eval_stride
+    if stride:
+        run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride}")
     run.sync()
     t0 = time.perf_counter()
-    val_loss, val_bpb = evaluate()
+    val_loss, val_bpb = evaluate(stride)
     run.sync()
     run.log(f"final_int8_zlib_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
             f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
@@ -1021,8 +1074,9 @@ def main() -> None:
             f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
     run.log(f"seed:{args.seed}")
 
-    def evaluate() -> tuple[float, float]:
-        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device)
+    def evaluate(stride: int = 0) -> tuple[float, float]:
+        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device,
+                        stride)
 
     # ---- train and export, or take an existing artifact --------------------------------------
     code_bytes = len(code.encode("utf-8"))

@@ -89,6 +89,12 @@ def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_pa
     assert rescore.returncode == 0, rescore.stderr
     assert parse(rescore.stdout)["exact"] == [trained], "the same bytes on the same data give the same score"
     assert not (cwd / "artifacts" / "rescore_model.int8.ptz").exists()
+    sliding = run_train(cwd, tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT=str(artifact), RUN_ID="sliding",
+                                      EVAL_STRIDE="16"))
+    assert sliding.returncode == 0, sliding.stderr
+    assert "final_eval:sliding_window stride:16 context_min:48" in sliding.stdout
+    (sliding_bpb,) = [float(b) for _, b in parse(sliding.stdout)["exact"]]
+    assert sliding_bpb < float(trained[1]), "more context per scored token"
     # Another validation set, in a folder with no training shards at all.
     other = tmp_path / "other_val"
     other.mkdir()

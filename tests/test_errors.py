@@ -92,6 +92,7 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
+    (dict(EVAL_STRIDE="64"), "EVAL_STRIDE=64 must be 0 (no sliding windows) or between 1 and TRAIN_SEQ_LEN-1=63"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):

@@ -123,3 +123,46 @@ def test_ranks_cover_every_target_once(trained_looking_model, dataset, sp, world
     assert whole[1] == parts[1] == tokens.size - 1  # every target scored exactly once
     assert whole[2] == parts[2]
     assert float(parts[0]) == pytest.approx(float(whole[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("n, seq_len, stride", [(64, 16, 4), (67, 16, 5), (160, 32, 31), (33, 32, 1), (96, 32, 0)])
+def test_windows_score_every_target_once_with_the_promised_context(n, seq_len, stride):
+    ends = train_gpt.window_ends(n, seq_len, stride)
+    counts = np.zeros(n, dtype=int)
+    for k, end in enumerate(ends):
+        start = ends[k - 1] if k else 0
+        assert end - seq_len >= 0 and end <= n, "windows stay inside the split"
+        counts[max(start, end - seq_len): end] += 1
+        if k and stride:
+            assert start - (end - seq_len) >= seq_len - stride, "at least seq_len - stride tokens of context"
+    assert (counts == 1).all() if stride else (counts[: n // seq_len * seq_len] == 1).all()
+
+
+def plain_sliding_loss(model, tokens: np.ndarray, seq_len: int, stride: int) -> float:
+    total, scored_until = 0.0, 0
+    for end in train_gpt.window_ends(tokens.size - 1, seq_len, stride):
+        window = torch.from_numpy(tokens[end - seq_len: end + 1].astype(np.int64))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.logits(window[None, :-1])[0]
+        logp = F.log_softmax(logits.double(), dim=-1)
+        for pos in range(seq_len):
+            if end - seq_len + pos >= scored_until:
+                total -= float(logp[pos, int(window[pos + 1])])
+        scored_until = end
+    return total
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, dataset, sp, world_size):
+    seq_len, stride = 32, 12
+    _, val_files = train_gpt.find_shards(str(dataset))
+    tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)[: 32 * 20 + 1]
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    cpu = torch.device("cpu")
+    whole = train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, 0, 1, cpu)
+    sliding = sum(train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, r, world_size, cpu,
+                                            stride) for r in range(world_size))
+    assert sliding[1] == whole[1] == tokens.size - 1 and sliding[2] == whole[2]  # same targets, same bytes
+    assert float(sliding[0]) == pytest.approx(plain_sliding_loss(trained_looking_model, tokens, seq_len, stride),
+                                              rel=1e-6)
+    assert float(sliding[0]) != pytest.approx(float(whole[0]), rel=1e-4)  # more context, another number

@@ -164,9 +164,27 @@ def test_lr_multiplier_without_warmdown_is_flat():
 
 
 @pytest.mark.parametrize("step, expected", [(0, 0.92), (750, 0.955), (1500, 0.99), (5000, 0.99)])
-def test_muon_momentum_warmup(step, expected):
-    assert train_gpt.muon_momentum_at(step, 0.92, 0.99, 1500) == pytest.approx(expected)
-    assert train_gpt.muon_momentum_at(step, 0.92, 0.99, 0) == 0.99
+def test_muon_momentum_warmup_in_steps(step, expected):
+    assert train_gpt.muon_momentum_at(train_gpt.warmup_done(step, 1500), 0.92, 0.99) == pytest.approx(expected)
+    assert train_gpt.warmup_done(step, 0) == 1.0
+
+
+@pytest.mark.parametrize("elapsed_ms, lr, momentum", [
+    (0.0, 1.0, 0.92), (9_000.0, 1.0, 0.955), (18_000.0, 1.0, 0.99), (115_000.0, 1.0, 0.99),
+    (120_000.0, 1.0, 0.99),  # the warmdown starts at 1 - 1/3 of the 180 s budget
+    (150_000.0, 0.5, 0.99), (180_000.0, 0.0, 0.99), (190_000.0, 0.0, 0.99)])
+def test_budget_fractions_follow_the_clock_not_the_step_count(elapsed_ms, lr, momentum):
+    for step in (1, 460, 5000):  # the same shape however many steps fit in the budget
+        used = train_gpt.budget_used(step, elapsed_ms, 20000, 180_000.0)
+        assert train_gpt.lr_multiplier(step, elapsed_ms, 20000, 3000, 180_000.0, warmdown_frac=1 / 3) == \
+            pytest.approx(lr)
+        done = train_gpt.warmup_done(step, 1500, used, warmup_frac=0.1)
+        assert train_gpt.muon_momentum_at(done, 0.92, 0.99) == pytest.approx(momentum)
+
+
+def test_budget_fractions_without_a_cap_count_iterations():
+    assert train_gpt.budget_used(250, 1e9, 1000, None) == 0.25
+    assert train_gpt.lr_multiplier(900, 0.0, 1000, 0, None, warmdown_frac=0.2) == pytest.approx(0.5)
 
 
 # ---- quantization -----------------------------------------------------------------------------
@@ -267,6 +285,8 @@ def test_model_and_newton_schulz_trace_as_single_graphs():
         loss = compiled(x, x)
     loss.backward()
     assert model.blocks[0].attn.c_q.weight.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(x, x, reduction="none").shape == x.shape
     ns = torch.compile(train_gpt.zeropower_via_newtonschulz5, backend="eager", fullgraph=True)
     torch.testing.assert_close(ns(torch.randn(64, 128), steps=5).float().norm(), torch.tensor(8.0), rtol=0.2, atol=0)
 
