@@ -107,3 +107,12 @@ def run_train(cwd: Path, env: dict[str, str], nproc: int = 0, timeout: int = 300
 
 def train_losses(output: str) -> dict[int, float]:
     return {int(m[1]): float(m[2]) for m in re.finditer(r"^step:(\d+)/\d+ train_loss:([\d.]+) ", output, re.M)}
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory, dataset, tokenizer_path):
+    """One finished tiny training run (RUN_ID=first): its folder and its completed process."""
+    cwd = tmp_path_factory.mktemp("run")
+    run = run_train(cwd, tiny_env(dataset, tokenizer_path, RUN_ID="first", ITERATIONS="12"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return cwd, run

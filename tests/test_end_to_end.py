@@ -30,14 +30,6 @@ def parse(log: str) -> dict[str, list[tuple[str, ...]]]:
     return {name: [m.groups() for m in re.finditer(pattern, log, re.M)] for name, pattern in SPEC_LINES.items()}
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory, dataset, tokenizer_path):
-    cwd = tmp_path_factory.mktemp("run")
-    run = run_train(cwd, tiny_env(dataset, tokenizer_path, RUN_ID="first", ITERATIONS="12"))
-    assert run.returncode == 0, run.stdout + run.stderr
-    return cwd, run
-
-
 def test_training_run_end_to_end(first_run):
     cwd, run = first_run
     log = (cwd / "logs" / "first.txt").read_text()

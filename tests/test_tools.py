@@ -1,11 +1,14 @@
-"""tools/: the speed benchmark."""
+"""tools/: the speed benchmark and the record-submission tools."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train_gpt
@@ -13,6 +16,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 import benchmark  # noqa: E402
+import records  # noqa: E402
 
 
 def test_flops_per_token_counts_every_matrix_and_causal_attention():
@@ -37,3 +41,111 @@ def test_benchmark_runs_the_training_step_on_synthetic_tokens(tmp_path):
     step_ms, tokens_per_s = float(line[1]), int(line[2])
     assert abs(tokens_per_s - 1024 / (step_ms / 1000)) <= 1
     assert not (tmp_path / "logs").exists(), "the benchmark writes no run files"
+
+
+# ---- tools/records.py -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [-3.0, -0.5, 0.0, 0.1, 1.0, 2.0, 7.5, 40.0])
+def test_student_t_tail_against_closed_forms(t):
+    assert records.student_t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, abs=1e-12)  # Cauchy
+    assert records.student_t_sf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+
+
+@pytest.mark.parametrize("df, t_99", [(1, 31.821), (2, 6.965), (3, 4.541), (4, 3.747), (9, 2.821), (30, 2.457)])
+def test_student_t_tail_against_the_one_sided_99_percent_table(df, t_99):
+    assert records.student_t_sf(t_99, df) == pytest.approx(0.01, rel=1e-3)  # the table rounds t to 3 decimals
+
+
+def write_log(path, seed: int, rt_loss: float, rt_bpb: float, total: int = 15_900_000, code: int = 50_000,
+              finished: bool = True) -> None:
+    lines = [f"hyperparameters: data_path=x run_id={path.stem} seed={seed}", "hardware:NVIDIA_H100_80GB_HBM3 count:8",
+             "world_size:8 grad_accum_steps:1", f"seed:{seed}",
+             "step:0/20000 val_loss:6.9357 val_bpb:4.1077 train_time:0ms step_avg:0.01ms",
+             "step:1/20000 train_loss:6.9357 train_time:70ms step_avg:70.00ms",
+             "step:200/20000 train_loss:3.1000 train_time:14000ms step_avg:70.00ms"]
+    if finished:
+        lines += ["step:8394/20000 val_loss:2.0227 val_bpb:1.1980 train_time:599921ms step_avg:71.47ms",
+                  "peak memory allocated: 7748 MiB reserved: 8070 MiB", f"Code size: {code} bytes",
+                  f"Serialized model int8+zlib: {total - code} bytes (payload:1 raw_torch:1 payload_ratio:3.91x)",
+                  f"Total submission size int8+zlib: {total} bytes",
+                  f"final_int8_zlib_roundtrip val_loss:{rt_loss:.4f} val_bpb:{rt_bpb:.4f} eval_time:2100ms",
+                  f"final_int8_zlib_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+TPB = 0.4095  # tokens per byte of SP1024 FineWeb
+
+
+def three_logs(folder, bpbs):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for seed, bpb in zip((1337, 1338, 1339), bpbs):
+        path = folder / f"run{seed}.txt"
+        write_log(path, seed, bpb * math.log(2) / TPB, bpb)
+        paths.append(path)
+    return paths
+
+
+def test_ttest_passes_a_clear_gain_and_fails_a_small_one(tmp_path, capsys):
+    record = 1.2014
+    good = three_logs(tmp_path / "good", [1.1900, 1.1905, 1.1895])
+    assert records.main(["ttest", "--record-bpb", str(record), *map(str, good)]) == 0
+    out = capsys.readouterr().out
+    threshold = 0.005 / math.log(2) * TPB  # 0.00295 bpb
+    t = (record - 1.19 - threshold) / (0.0005 / math.sqrt(3))
+    assert f"t:{t:.4f} df:2" in out and "PASS" in out and f"{threshold:.6f} bpb" in out
+    assert f"p:{records.student_t_sf(t, 2):.6g}" in out
+    small = three_logs(tmp_path / "small", [1.1990, 1.1985, 1.1995])  # 0.0024 bpb better: under 0.005 nats
+    assert records.main(["ttest", "--record-bpb", str(record), *map(str, small)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_ttest_refuses_unfinished_runs(tmp_path):
+    write_log(tmp_path / "a.txt", 1, 2.0, 1.19)
+    write_log(tmp_path / "b.txt", 2, 2.0, 1.19, finished=False)
+    with pytest.raises(SystemExit, match=r"no final score in .*b\.txt \(truncated\)"):
+        records.main(["ttest", "--record-bpb", "1.2", str(tmp_path / "a.txt"), str(tmp_path / "b.txt")])
+
+
+def test_submission_json_in_the_seed_shape(tmp_path, capsys):
+    logs = three_logs(tmp_path, [1.19, 1.20, 1.21])
+    assert records.main(["submission", "--author", "A", "--github-id", "a", "--name", "N", "--blurb", "B",
+                         "--date", "2026-11-29T00:00:00Z", *map(str, logs)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert list(record) == ["author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "bytes_total",
+                            "bytes_code"]
+    assert record["val_bpb"] == pytest.approx(1.20) and record["bytes_total"] == 15_900_000
+    assert record["val_loss"] == pytest.approx(1.20 * math.log(2) / TPB, abs=1e-7) and record["bytes_code"] == 50_000
+
+
+def test_size_check(tmp_path, capsys):
+    write_log(tmp_path / "ok.txt", 1, 2.0, 1.19, total=15_999_000)
+    assert records.main(["size", str(tmp_path / "ok.txt")]) == 0
+    assert "margin:1,000 -> OK" in capsys.readouterr().out
+    (tmp_path / "code.py").write_bytes(b"x" * 1000)
+    (tmp_path / "m.ptz").write_bytes(b"y" * 15_999_001)
+    assert records.main(["size", "--code", str(tmp_path / "code.py"), "--model", str(tmp_path / "m.ptz")]) == 1
+    assert "margin:-1 -> OVER" in capsys.readouterr().out
+
+
+def test_summarize_real_runs_and_lists_broken_ones(first_run, tmp_path, capsys):
+    cwd, _ = first_run
+    log = cwd / "logs" / "first.txt"
+    crashed = tmp_path / "crashed.txt"
+    crashed.write_text(log.read_text().split("\npeak memory allocated")[0])  # killed after training
+    assert records.main(["summarize", str(log), str(crashed)]) == 0
+    complete, broken = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| first")]
+    run = records.parse_log(log)
+    assert run.state == "complete" and run.seed == 1 and run.world_size == 1 and run.hardware == "cpu"
+    assert run.steps == run.iterations == 12 and run.artifact_bytes == (cwd / "artifacts" / "first_model.int8.ptz"
+                                                                         ).stat().st_size + run.code_bytes
+    assert f"{run.roundtrip_val_bpb:.8f}" in complete and "| complete |" in complete
+    assert "| truncated |" in broken and "| 12/12 |" in broken and broken.endswith("| - | - | - | - |")
+
+
+def test_plot_writes_a_png(first_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="plot needs matplotlib")
+    cwd, _ = first_run
+    out = tmp_path / "curves.png"
+    assert records.main(["plot", "--out", str(out), str(cwd / "logs" / "first.txt")]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

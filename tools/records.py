@@ -1,0 +1,335 @@
+"""A record submission's last mile, from train_gpt.py logs: summary table, significance test,
+submission.json, loss plots and the artifact-size check.
+
+    python3 tools/records.py summarize logs/*.txt
+    python3 tools/records.py ttest --record-bpb 1.2014 logs/a.txt logs/b.txt logs/c.txt
+    python3 tools/records.py submission --author "Jane Doe" --github-id jdoe --name "My record" \\
+        --blurb "what changed" logs/a.txt logs/b.txt logs/c.txt > submission.json
+    python3 tools/records.py plot --out curves.png logs/a.txt logs/b.txt
+    python3 tools/records.py size logs/a.txt            # or: size --code train_gpt.py --model x.int8.ptz
+
+Reads the log lines of train_gpt.py (and of the published record script, which has the same
+shapes). Standard library only, except `plot`, which needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ARTIFACT_LIMIT_BYTES = 16_000_000  # decimal, code + compressed model
+LN2 = math.log(2)
+
+
+# ---- reading logs ---------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    path: str
+    run_id: str
+    state: str = "truncated"  # complete | eval-only | truncated (no score line: crashed, killed or running)
+    seed: int | None = None
+    world_size: int | None = None
+    hardware: str | None = None
+    iterations: int | None = None
+    steps: int | None = None
+    step_avg_ms: float | None = None
+    train_time_ms: float | None = None
+    val_loss: float | None = None  # pre-quantization, at the last validation
+    val_bpb: float | None = None
+    roundtrip_val_loss: float | None = None  # the score of record
+    roundtrip_val_bpb: float | None = None
+    eval_time_ms: float | None = None
+    artifact_bytes: int | None = None  # code + compressed model
+    model_bytes: int | None = None
+    code_bytes: int | None = None
+    peak_alloc_mib: int | None = None
+    train_curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, time_ms, loss)
+    val_curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, time_ms, val_bpb)
+
+    @property
+    def tokens_per_byte(self) -> float | None:
+        """From the log's own numbers: val_bpb = val_loss / ln 2 * tokens / bytes."""
+        if self.roundtrip_val_bpb is None or not self.roundtrip_val_loss:
+            return None
+        return self.roundtrip_val_bpb * LN2 / self.roundtrip_val_loss
+
+
+NUM = r"(\d+(?:\.\d+)?)"
+PATTERNS = {
+    "hyper": re.compile(r"^hyperparameters: .*\brun_id=(\S*)"),
+    "seed": re.compile(r"^seed:(\d+)$"),
+    "world": re.compile(r"^world_size:(\d+) grad_accum_steps:\d+$"),
+    "hardware": re.compile(r"^hardware:(\S+) count:(\d+)$"),
+    "smi_gpu": re.compile(r"^\|\s+\d+\s+(NVIDIA [^|]*?)\s+(?:On|Off)\s+\|"),
+    "train": re.compile(rf"^step:(\d+)/(\d+) train_loss:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
+    "val": re.compile(rf"^step:(\d+)/(\d+) val_loss:{NUM} val_bpb:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
+    "peak": re.compile(r"^peak memory allocated: (\d+) MiB"),
+    "code": re.compile(r"^Code size: (\d+) bytes$"),
+    "model": re.compile(r"^Serialized model int8\+zlib: (\d+) bytes"),
+    "total": re.compile(r"^Total submission size int8\+zlib: (\d+) bytes$"),
+    "eval_only": re.compile(r"^eval_artifact:"),
+    "roundtrip": re.compile(rf"^final_int8_zlib_roundtrip val_loss:{NUM} val_bpb:{NUM} eval_time:{NUM}ms$"),
+    "exact": re.compile(rf"^final_int8_zlib_roundtrip_exact val_loss:{NUM} val_bpb:{NUM}$"),
+}
+
+
+def parse_log(path: Path) -> RunSummary:
+    s = RunSummary(path=str(path), run_id=Path(path).stem)
+    gpus = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        for name, pattern in PATTERNS.items():
+            m = pattern.match(line)
+            if m:
+                apply_match(s, name, m, gpus)
+                break
+    if s.hardware is None and gpus:
+        s.hardware = f"{gpus[0].replace(' ', '_')} x{len(gpus)}"
+    return s
+
+
+def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
+    g = m.groups()
+    if name == "hyper" and g[0]:
+        s.run_id = g[0]
+    elif name == "seed":
+        s.seed = int(g[0])
+    elif name == "world":
+        s.world_size = int(g[0])
+    elif name == "hardware":
+        s.hardware = g[0] if g[0] == "cpu" else f"{g[0]} x{g[1]}"
+    elif name == "smi_gpu":
+        gpus.append(g[0].strip())
+    elif name == "train":
+        s.steps, s.iterations, s.train_time_ms, s.step_avg_ms = int(g[0]), int(g[1]), float(g[3]), float(g[4])
+        s.train_curve.append((int(g[0]), float(g[3]), float(g[2])))
+    elif name == "val":
+        s.steps, s.iterations, s.val_loss, s.val_bpb = int(g[0]), int(g[1]), float(g[2]), float(g[3])
+        s.train_time_ms, s.step_avg_ms = float(g[4]), (float(g[5]) if int(g[0]) else s.step_avg_ms)
+        s.val_curve.append((int(g[0]), float(g[4]), float(g[3])))
+    elif name == "peak":
+        s.peak_alloc_mib = int(g[0])
+    elif name == "code":
+        s.code_bytes = int(g[0])
+    elif name == "model":
+        s.model_bytes = int(g[0])
+    elif name == "total":
+        s.artifact_bytes = int(g[0])
+    elif name == "eval_only":
+        s.state = "eval-only"
+    elif name == "roundtrip":
+        s.eval_time_ms = float(g[2])
+    elif name == "exact":
+        s.roundtrip_val_loss, s.roundtrip_val_bpb = float(g[0]), float(g[1])
+        if s.state == "truncated":
+            s.state = "complete"
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function, by the modified Lentz method."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; use symmetry otherwise
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with df degrees of freedom."""
+    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+@dataclass
+class TTest:
+    n: int
+    mean_bpb: float
+    sd_bpb: float
+    improvement_bpb: float
+    improvement_nats: float
+    threshold_bpb: float
+    t: float
+    df: int
+    p: float
+    passed: bool
+
+
+def significance(bpbs: list[float], tokens_per_byte: float, record_bpb: float, min_gain_nats: float,
+                 alpha: float) -> TTest:
+    """One-sided one-sample t-test of the challenge rule: the runs beat the record by at least
+    min_gain_nats per token. The gain is tested in bpb; min_gain_nats converts with the logs' own
+    tokens per byte (bpb = nats / ln 2 * tokens / bytes)."""
+    n = len(bpbs)
+    mean, sd = statistics.fmean(bpbs), statistics.stdev(bpbs)
+    threshold = min_gain_nats / LN2 * tokens_per_byte
+    gain = record_bpb - mean
+    t = (gain - threshold) / (sd / math.sqrt(n)) if sd > 0 else math.copysign(math.inf, gain - threshold)
+    p = student_t_sf(t, n - 1)
+    return TTest(n, mean, sd, gain, gain * LN2 / tokens_per_byte, threshold, t, n - 1, p, p < alpha)
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+def fmt(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cmd_summarize(args) -> int:
+    runs = [parse_log(p) for p in args.logs]
+    header = ["run_id", "state", "seed", "world", "hardware", "steps", "step_avg_ms", "val_loss", "val_bpb",
+              "rt_val_loss", "rt_val_bpb", "artifact_bytes", "peak_MiB"]
+    rows = [[r.run_id, r.state, fmt(r.seed), fmt(r.world_size), fmt(r.hardware),
+             f"{fmt(r.steps)}/{fmt(r.iterations)}", fmt(r.step_avg_ms, ".2f"), fmt(r.val_loss, ".4f"),
+             fmt(r.val_bpb, ".4f"), fmt(r.roundtrip_val_loss, ".8f"), fmt(r.roundtrip_val_bpb, ".8f"),
+             fmt(r.artifact_bytes, ","), fmt(r.peak_alloc_mib)] for r in runs]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+def complete_runs(paths: list[Path]) -> list[RunSummary]:
+    runs = [parse_log(p) for p in paths]
+    bad = [f"{r.path} ({r.state})" for r in runs if r.roundtrip_val_bpb is None]
+    if bad:
+        raise SystemExit(f"error: no final score in {', '.join(bad)}; only finished runs count")
+    return runs
+
+
+def cmd_ttest(args) -> int:
+    runs = complete_runs(args.logs)
+    if len(runs) < 2:
+        raise SystemExit("error: the t-test needs at least 2 logs")
+    tpb = statistics.fmean(r.tokens_per_byte for r in runs)
+    res = significance([r.roundtrip_val_bpb for r in runs], tpb, args.record_bpb, args.min_gain_nats, args.alpha)
+    print(f"runs:{res.n} mean_val_bpb:{res.mean_bpb:.6f} sd:{res.sd_bpb:.6f} record_val_bpb:{args.record_bpb}")
+    print(f"improvement:{res.improvement_bpb:.6f} bpb = {res.improvement_nats:.6f} nats "
+          f"(tokens_per_byte {tpb:.4f}); required {args.min_gain_nats} nats = {res.threshold_bpb:.6f} bpb")
+    print(f"t:{res.t:.4f} df:{res.df} p:{res.p:.6g} alpha:{args.alpha} -> {'PASS' if res.passed else 'FAIL'}")
+    return 0 if res.passed else 1
+
+
+def cmd_submission(args) -> int:
+    runs = complete_runs(args.logs)
+    if any(r.artifact_bytes is None or r.code_bytes is None for r in runs):
+        raise SystemExit("error: a log lacks its size lines (Code size / Total submission size int8+zlib)")
+    record = dict(author=args.author, github_id=args.github_id, name=args.name, blurb=args.blurb,
+                  date=args.date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  val_loss=round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8),
+                  val_bpb=round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8),
+                  bytes_total=max(r.artifact_bytes for r in runs), bytes_code=max(r.code_bytes for r in runs))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_size(args) -> int:
+    if args.log:
+        run = parse_log(args.log)
+        if run.artifact_bytes is None:
+            raise SystemExit(f"error: {args.log} has no 'Total submission size int8+zlib' line")
+        code, model, total = run.code_bytes, run.model_bytes, run.artifact_bytes
+    else:
+        if not (args.code and args.model):
+            raise SystemExit("error: give a log, or both --code and --model")
+        code, model = args.code.stat().st_size, args.model.stat().st_size
+        total = code + model
+    margin = ARTIFACT_LIMIT_BYTES - total
+    print(f"code:{fmt(code, ',')} model:{fmt(model, ',')} total:{total:,} limit:{ARTIFACT_LIMIT_BYTES:,} "
+          f"margin:{margin:,} -> {'OK' if margin >= 0 else 'OVER'}")
+    return 0 if margin >= 0 else 1
+
+
+def cmd_plot(args) -> int:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("error: plotting needs matplotlib (pip install matplotlib)") from None
+    runs = [parse_log(p) for p in args.logs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for r in runs:
+        label = f"{r.run_id} (seed {fmt(r.seed)})"
+        for col, x_of in enumerate((lambda p: p[0], lambda p: p[1] / 1000)):
+            if r.train_curve:
+                axes[0][col].plot([x_of(p) for p in r.train_curve], [p[2] for p in r.train_curve], label=label)
+            if r.val_curve:
+                axes[1][col].plot([x_of(p) for p in r.val_curve], [p[2] for p in r.val_curve], "o-", label=label)
+    for row, what in enumerate(("train_loss (nats)", "val_bpb")):
+        for col, x_label in enumerate(("step", "training time (s)")):
+            axes[row][col].set(xlabel=x_label, ylabel=what)
+            axes[row][col].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summarize", help="one table row per log; unfinished logs are listed with their state")
+    s.add_argument("logs", nargs="+", type=Path)
+    s.set_defaults(func=cmd_summarize)
+    s = sub.add_parser("ttest", help="one-sided t-test: do the runs beat the record by at least 0.005 nats?")
+    s.add_argument("logs", nargs="+", type=Path)
+    s.add_argument("--record-bpb", type=float, required=True, help="the current record's val_bpb")
+    s.add_argument("--min-gain-nats", type=float, default=0.005)
+    s.add_argument("--alpha", type=float, default=0.01)
+    s.set_defaults(func=cmd_ttest)
+    s = sub.add_parser("submission", help="submission.json (mean score over the logs, largest artifact)")
+    s.add_argument("logs", nargs="+", type=Path)
+    for name in ("--author", "--github-id", "--name", "--blurb"):
+        s.add_argument(name, required=True)
+    s.add_argument("--date", help="ISO 8601 UTC; default: now")
+    s.set_defaults(func=cmd_submission)
+    s = sub.add_parser("plot", help="train loss and val_bpb against step and time, one PNG")
+    s.add_argument("logs", nargs="+", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_plot)
+    s = sub.add_parser("size", help="code + compressed model against 16,000,000 bytes")
+    s.add_argument("log", nargs="?", type=Path)
+    s.add_argument("--code", type=Path)
+    s.add_argument("--model", type=Path)
+    s.set_defaults(func=cmd_size)
+    args = p.parse_args(argv)
+    for path in getattr(args, "logs", []) or []:
+        if not path.is_file():
+            p.error(f"{path} does not exist")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
