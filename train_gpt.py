@@ -35,6 +35,11 @@ class ConfigError(Exception):
     """A problem with the run's inputs, reported as one line that names the fix."""
 
 
+def first_line(e: Exception) -> str:
+    """A library's error, cut to fit inside a one-line ConfigError."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+
+
 # -----------------------------------------------------------------------------
 # HYPERPARAMETERS
 # Each attribute below is read from the environment variable of the same name in upper case;
@@ -287,7 +292,8 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     try:
         sp = spm.SentencePieceProcessor(model_file=path)
     except (RuntimeError, OSError) as e:
-        raise ConfigError(f"TOKENIZER_PATH={path} is not a SentencePiece model ({e}); point it at a .model file") from None
+        raise ConfigError(f"TOKENIZER_PATH={path} is not a SentencePiece model ({first_line(e)}); "
+                          f"point it at a .model file") from None
     if int(sp.vocab_size()) != vocab_size:
         raise ConfigError(f"TOKENIZER_PATH={path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; "
                           f"set VOCAB_SIZE={sp.vocab_size()} or use the matching tokenizer")
@@ -622,8 +628,8 @@ def quantize_state_dict(state: dict[str, Tensor]) -> tuple[dict, dict[str, int]]
 
 
 def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
-    if obj.get("__quant_format__") != QUANT_FORMAT:
-        raise ConfigError(f"artifact format {obj.get('__quant_format__')!r} is not {QUANT_FORMAT!r}")
+    if not isinstance(obj, dict) or obj.get("__quant_format__") != QUANT_FORMAT:
+        raise ConfigError(f"the artifact is not in the {QUANT_FORMAT} format this script writes")
     out = {}
     for name, q in obj["quantized"].items():
         scale = obj["scales"][name].float()
@@ -648,8 +654,9 @@ def load_artifact(path: str) -> dict[str, Tensor]:
     try:
         blob = Path(path).read_bytes()
         obj = torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu")
-    except (OSError, zlib.error, RuntimeError) as e:
-        raise ConfigError(f"cannot read artifact {path} ({e}); point EVAL_ARTIFACT at a .int8.ptz a run wrote") from None
+    except Exception as e:  # unreadable, not zlib, not a torch file: all the same advice
+        raise ConfigError(f"cannot read artifact {path} ({first_line(e)}); "
+                          f"point EVAL_ARTIFACT at a .int8.ptz a run wrote") from None
     return dequantize_state_dict(obj)
 
 
@@ -1014,14 +1021,14 @@ def main() -> None:
         raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
     grad_accum_steps = 8 // world_size
     check_shapes(args, world_size, grad_accum_steps)
-    train_files, val_files = find_shards(args.data_path, need_train=not args.eval_artifact)
+    artifact = args.eval_artifact or None  # set: score this artifact instead of training
+    train_files, val_files = find_shards(args.data_path, need_train=not artifact)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
     val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
-    artifact = args.eval_artifact or None
     artifact_state = load_artifact(artifact) if artifact else None
     device = setup_device(local_rank)
     # Opening the stream reads the first train shard, so a bad one fails here too.
-    loader = None if args.eval_artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
+    loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
 
     # ---- processes, attention kernel, run identity, log --------------------------------------
     requested_sdpa = args.sdpa_backend
@@ -1034,10 +1041,11 @@ def main() -> None:
     if distributed:
         dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
     args.run_id = run_id[0]
-    paths = claim_run_paths(args.run_id, writes_model=not args.eval_artifact) if rank == 0 else run_paths(args.run_id)
+    paths = claim_run_paths(args.run_id, writes_model=not artifact) if rank == 0 else run_paths(args.run_id)
     if rank == 0:
         print(paths["log"], flush=True)
-    run = Run(args, rank, world_size, grad_accum_steps, distributed, device, RunLog(paths["log"] if rank == 0 else None))
+    run = Run(args, rank, world_size, grad_accum_steps, distributed, device,
+              RunLog(paths["log"] if rank == 0 else None))
     environment, hardware = describe_environment(device, world_size)
     for text in (code, "=" * 100, environment, "=" * 100):
         run.log(text, console=False)
@@ -1067,8 +1075,10 @@ def main() -> None:
     if args.sdpa_backend != requested_sdpa:
         run.log(f"sdpa_backend:{args.sdpa_backend} ({requested_sdpa} cannot run on this GPU or PyTorch)")
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
-    run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{args.tied_embed_lr if args.tie_embeddings else args.embed_lr} "
-            f"head_lr:{0.0 if args.tie_embeddings else args.head_lr} matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
+    token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
+    head_lr = 0.0 if args.tie_embeddings else args.head_lr
+    run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{token_lr} head_lr:{head_lr} "
+            f"matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
     run.log(f"train_batch_tokens:{args.train_batch_tokens} train_seq_len:{args.train_seq_len} "
             f"iterations:{args.iterations} warmup_steps:{args.warmup_steps} "
             f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")

@@ -78,6 +78,12 @@ def test_tokenizer_vocabulary_mismatch(monkeypatch, tmp_path, dataset, tokenizer
     assert "has 512 pieces but VOCAB_SIZE=1024" in msg
 
 
+def test_tokenizer_that_is_not_a_model(monkeypatch, tmp_path, dataset):
+    (tmp_path / "junk.model").write_bytes(b"\x00junk\nmore junk")
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tmp_path / "junk.model"))
+    assert "is not a SentencePiece model" in msg
+
+
 def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tmp_path / "missing.model"))
     assert "TOKENIZER_PATH=" in msg and "does not exist" in msg
@@ -97,6 +103,13 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
     assert message in config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))
+
+
+@pytest.mark.parametrize("content", [b"not zlib at all", __import__("zlib").compress(b"not a torch file")])
+def test_unreadable_artifact(monkeypatch, tmp_path, dataset, tokenizer_path, content):
+    (tmp_path / "bad.int8.ptz").write_bytes(content)
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT="bad.int8.ptz"))
+    assert msg.startswith("cannot read artifact bad.int8.ptz")
 
 
 def test_unwritable_log_folder(monkeypatch, tmp_path, dataset, tokenizer_path):
