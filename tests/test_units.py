@@ -38,6 +38,18 @@ def test_defaults_are_the_seed_recipe():
     assert all(f" {name}=" in line for name in train_gpt.Hyperparameters.defaults())
 
 
+def test_readme_seed_environment_selects_the_seed_math():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = readme.split("### Reproducing the seed recipe exactly")[1].split("```bash\n")[1].splitlines()[0]
+    env = dict(word.split("=", 1) for word in line.split() if "=" in word and word[0].isupper())
+    args = train_gpt.Hyperparameters(env)
+    for name, value in SPEC_DEFAULTS.items():
+        assert getattr(args, name) == value, name
+    assert (args.sdpa_backend, args.warmdown_frac, args.muon_momentum_warmup_frac, args.eval_stride) == ("flash", 0, 0, 0)
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    assert not any(block.attn.expand_kv for block in model.blocks)
+
+
 def test_environment_overrides_and_types():
     args = train_gpt.Hyperparameters(dict(SEED="7", MATRIX_LR="0.05", TIE_EMBEDDINGS="0", COMPILE="false",
                                           RUN_ID="x1", MAX_WALLCLOCK_SECONDS="180"))
