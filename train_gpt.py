@@ -167,20 +167,20 @@ def load_shard(path: Path, vocab_size: int) -> np.ndarray:
 
 
 def find_shards(data_path: str, need_train: bool = True) -> tuple[list[Path], list[Path]]:
-    """Returns (train, val) shard paths in sorted order, with every header checked."""
+    """Returns (train, val) shard paths in sorted order, with every header checked; without
+    need_train (scoring an artifact) the train shards are neither needed nor read."""
     root = Path(data_path)
     if not root.is_dir():
         raise ConfigError(f"DATA_PATH={data_path} is not a folder; {GET_DATA_HINT}, or set DATA_PATH")
-    train = sorted(root.glob("fineweb_train_*.bin"))
+    train = sorted(root.glob("fineweb_train_*.bin")) if need_train else []
     val = sorted(root.glob("fineweb_val_*.bin"))
     if need_train and not train:
         raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_train_*.bin shards; {GET_DATA_HINT}")
     if not val:
         raise ConfigError(f"DATA_PATH={data_path} holds no fineweb_val_*.bin shard; {GET_DATA_HINT}")
-    train_tokens = sum(read_shard_header(path) for path in train)
     for path in val:
         read_shard_header(path)
-    if need_train and train_tokens == 0:
+    if need_train and sum(read_shard_header(path) for path in train) == 0:
         raise ConfigError(f"the training shards in DATA_PATH={data_path} hold no tokens; {GET_DATA_HINT}")
     return train, val
 
@@ -777,7 +777,7 @@ def run_paths(run_id: str) -> dict[str, Path]:
                 artifact=Path("artifacts") / f"{run_id}_model.int8.ptz")
 
 
-def claim_run_paths(run_id: str, writes_model: bool) -> dict[str, Path]:
+def claim_run_paths(run_id: str, writes_model: bool) -> None:
     """Makes sure this run can write its files and that none of them belongs to an earlier run."""
     paths = run_paths(run_id)
     wanted = list(paths.values()) if writes_model else [paths["log"]]
@@ -793,10 +793,13 @@ def claim_run_paths(run_id: str, writes_model: bool) -> dict[str, Path]:
         paths["log"].touch(exist_ok=False)
     except OSError as e:
         raise ConfigError(f"cannot write {paths['log']} ({e.strerror}); run from a writable folder") from None
-    return paths
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"SEED={args.seed} must be between 0 and 2**32-1")
+    if args.iterations < 0:
+        raise ConfigError(f"ITERATIONS={args.iterations} must be 0 or more")
     if args.sdpa_backend not in SDPA_BACKENDS:
         raise ConfigError(f"SDPA_BACKEND={args.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
     for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
@@ -968,6 +971,20 @@ def describe_environment(device: torch.device, world_size: int) -> tuple[str, st
     return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
 
 
+def process_layout(environ) -> tuple[bool, int, int, int]:
+    """(launched by torchrun, RANK, WORLD_SIZE, LOCAL_RANK), checked: a launcher sets all three."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if ("RANK" in environ) != ("WORLD_SIZE" in environ):
+        given, missing = ("RANK", "WORLD_SIZE") if "RANK" in environ else ("WORLD_SIZE", "RANK")
+        raise ConfigError(f"{given} is set but {missing} is not; launch with torchrun, or unset both for one process")
+    rank, world_size, local_rank = (parse_env_value(n, environ.get(n, d), int) for n, d in zip(names, "010"))
+    if world_size <= 0 or 8 % world_size:
+        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
+    if not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(f"RANK={rank} and LOCAL_RANK={local_rank} must lie in [0, WORLD_SIZE={world_size})")
+    return "RANK" in environ and "WORLD_SIZE" in environ, rank, world_size, local_rank
+
+
 def setup_device(local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
@@ -978,26 +995,45 @@ def setup_device(local_rank: int) -> torch.device:
     return device
 
 
-def select_attention(requested: str, device: torch.device, num_heads: int, seq_len: int, head_dim: int) -> str:
-    """Enables exactly one SDPA kernel and returns its name. cuDNN's is not built for every GPU
-    and PyTorch version, so it must first run one forward and backward at this run's shapes;
-    if it cannot, the run falls back to flash."""
+def attention_kernels_agree(device: torch.device, num_heads: int, seq_len: int, head_dim: int,
+                            candidate, reference) -> bool:
+    """Runs causal attention forward and backward through two SDPA kernels on the same random
+    data; True if the candidate runs, stays finite and matches the reference within bf16 rounding."""
+    from torch.nn.attention import sdpa_kernel
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, num_heads, seq_len, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
+               for _ in range(3))
+    results = []
+    for kernel in (candidate, reference):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        with sdpa_kernel(kernel):
+            out = F.scaled_dot_product_attention(*inputs, is_causal=True)
+        out.float().square().sum().backward()
+        results.append([out.detach().float()] + [t.grad.float() for t in inputs])
+    return all(bool(a.isfinite().all()) and float((a - b).norm()) <= 0.02 * float(b.norm()) for a, b in zip(*results))
+
+
+def select_attention(requested: str, device: torch.device, num_heads: int, seq_len: int,
+                     head_dim: int) -> tuple[str, str]:
+    """Enables exactly one SDPA kernel; returns its name and, if it is not the one requested, why.
+    cuDNN's kernel is not built for every GPU and PyTorch version, so it must first run and agree
+    with flash at this run's shapes; otherwise the run falls back to flash."""
     if device.type != "cuda":
-        return requested
-    backend = requested
+        return requested, ""
+    backend, why = requested, ""
     if requested == "cudnn":
+        from torch.nn.attention import SDPBackend
         try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-            q = torch.randn(1, num_heads, seq_len, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
-        except RuntimeError:
-            backend = "flash"
+            if not attention_kernels_agree(device, num_heads, seq_len, head_dim, SDPBackend.CUDNN_ATTENTION,
+                                           SDPBackend.FLASH_ATTENTION):
+                backend, why = "flash", "cudnn disagrees with flash"
+        except Exception as e:  # not built, not supported here: any failure means "use flash"
+            backend, why = "flash", f"cudnn cannot run here: {first_line(e)}"
     torch.backends.cuda.enable_flash_sdp(backend == "flash")
     torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
     torch.backends.cuda.enable_mem_efficient_sdp(False)
     torch.backends.cuda.enable_math_sdp(False)
-    return backend
+    return backend, why
 
 
 def sdp_backends_line(device: torch.device) -> str:
@@ -1013,12 +1049,7 @@ def main() -> None:
     args = Hyperparameters()
 
     # ---- check every input before any GPU work ----------------------------------------------
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 0 or 8 % world_size:
-        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
+    distributed, rank, world_size, local_rank = process_layout(os.environ)
     grad_accum_steps = 8 // world_size
     check_shapes(args, world_size, grad_accum_steps)
     artifact = args.eval_artifact or None  # set: score this artifact instead of training
@@ -1031,9 +1062,8 @@ def main() -> None:
     loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
 
     # ---- processes, attention kernel, run identity, log --------------------------------------
-    requested_sdpa = args.sdpa_backend
-    args.sdpa_backend = select_attention(requested_sdpa, device, args.num_heads, args.train_seq_len,
-                                         args.model_dim // args.num_heads)
+    args.sdpa_backend, sdpa_fallback = select_attention(args.sdpa_backend, device, args.num_heads,
+                                                        args.train_seq_len, args.model_dim // args.num_heads)
     if distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
@@ -1041,7 +1071,16 @@ def main() -> None:
     if distributed:
         dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
     args.run_id = run_id[0]
-    paths = claim_run_paths(args.run_id, writes_model=not artifact) if rank == 0 else run_paths(args.run_id)
+    paths, problem = run_paths(args.run_id), [""]
+    if rank == 0:
+        try:
+            claim_run_paths(args.run_id, writes_model=not artifact)
+        except ConfigError as e:
+            problem[0] = str(e)
+    if distributed:  # every rank stops if rank 0 cannot write, rather than wait for it forever
+        dist.broadcast_object_list(problem, src=0)
+    if problem[0]:
+        raise ConfigError(problem[0])
     if rank == 0:
         print(paths["log"], flush=True)
     run = Run(args, rank, world_size, grad_accum_steps, distributed, device,
@@ -1072,8 +1111,8 @@ def main() -> None:
     run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
     run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
     run.log(sdp_backends_line(device))
-    if args.sdpa_backend != requested_sdpa:
-        run.log(f"sdpa_backend:{args.sdpa_backend} ({requested_sdpa} cannot run on this GPU or PyTorch)")
+    if sdpa_fallback:
+        run.log(f"sdpa_backend:{args.sdpa_backend} ({sdpa_fallback})")
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     head_lr = 0.0 if args.tie_embeddings else args.head_lr
@@ -1115,6 +1154,6 @@ if __name__ == "__main__":
     try:
         main()
     except ConfigError as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # every rank finds the same problem; say it once
+        if os.environ.get("RANK", "0") in ("0", ""):  # every rank finds the same problem; say it once
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

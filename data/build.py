@@ -173,10 +173,18 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     if args.train_tokenizer:
+        model_path = Path(f"{args.train_tokenizer}.model")
+        vocab_path = Path(f"{args.train_tokenizer}.vocab")
+        if (model_path.exists() or vocab_path.exists()) and not args.overwrite:
+            p.error(f"{model_path} already exists; pass --overwrite to replace it, or choose another PREFIX")
         if not args.quiet:
             print(f"training a {args.vocab_size}-piece tokenizer", file=sys.stderr)
-        model_path = train_tokenizer(training_documents(args.inputs, args.val_docs, args.tokenizer_docs),
-                                     args.vocab_size, args.train_tokenizer)
+        # Trained under a temporary name, then renamed: no half-written tokenizer under the real one.
+        tmp_prefix = args.train_tokenizer.with_name(f".{args.train_tokenizer.name}.tmp-{os.getpid()}")
+        trained = train_tokenizer(training_documents(args.inputs, args.val_docs, args.tokenizer_docs),
+                                  args.vocab_size, tmp_prefix)
+        os.replace(trained, model_path)
+        os.replace(f"{tmp_prefix}.vocab", vocab_path)
     else:
         if not args.tokenizer.is_file():
             p.error(f"--tokenizer {args.tokenizer} does not exist")

@@ -16,6 +16,7 @@ leaves a file that looks finished. HF_ENDPOINT and HF_TOKEN are honoured as by h
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -65,7 +66,7 @@ class Hub:
             os.replace(tmp, dest)
         except urllib.error.HTTPError as e:
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(f"cannot download {url} ({reason}); check the network, HF_ENDPOINT and HF_TOKEN") from None
         except ShardError as e:

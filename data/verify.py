@@ -5,7 +5,8 @@
 Checks every fineweb_{val,train}_NNNNNN.bin: header and exact size, numbering without gaps,
 token ids below the vocabulary size, validation starting with BOS and its number of BOS tokens
 (= documents). Where the folder has the manifest.json that data/build.py writes, also the token
-counts and sha256 of every shard and the vocabulary and document counts it records.
+counts and sha256 of every shard, the vocabulary and document counts it records, and that --tokenizer
+is the one the shards were built with.
 """
 
 from __future__ import annotations
@@ -55,11 +56,15 @@ def check_split(files: list[Path], vocab_size: int, manifest_shards: dict, probl
     return summary
 
 
-def verify(folder: Path, vocab_size: int | None, val_docs: int | None) -> tuple[list[str], dict]:
+def verify(folder: Path, vocab_size: int | None, val_docs: int | None,
+           tokenizer: Path | None = None) -> tuple[list[str], dict]:
     problems: list[str] = []
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     recorded = {s["name"]: s for s in manifest["shards"]} if manifest else {}
+    if manifest and tokenizer and sha256_file(tokenizer) != manifest["tokenizer"]["sha256"]:
+        problems.append(f"{tokenizer} is not the tokenizer the shards were built with ({manifest['tokenizer']['name']}, "
+                        f"sha256 {manifest['tokenizer']['sha256'][:12]}...)")
     if manifest:
         vocab_size = vocab_size or manifest["tokenizer"]["vocab_size"]
         if val_docs is None:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         import sentencepiece as spm
         vocab_size = int(spm.SentencePieceProcessor(model_file=str(args.tokenizer)).vocab_size())
 
-    problems, summaries = verify(args.folder, vocab_size, args.val_docs)
+    problems, summaries = verify(args.folder, vocab_size, args.val_docs, args.tokenizer)
     for split, s in summaries.items():
         print(f"{split}: {s['shards']} shards, {s['tokens']:,} tokens, {s['bos']:,} BOS (documents), "
               f"max token id {s['max_id']}")

@@ -139,12 +139,36 @@ def test_build_trains_tokenizer_with_challenge_settings_on_training_docs_only(tm
     assert manifest["tokenizer"]["trainer_settings"] == json.loads(json.dumps(shards.TRAINER_SETTINGS))
 
 
+def test_build_never_replaces_an_existing_tokenizer_silently(tmp_path, corpus, tokenizer_path, capsys):
+    prefix = tmp_path / "tok" / "mine"
+    prefix.parent.mkdir()
+    shutil.copy(tokenizer_path, f"{prefix}.model")
+    args = [str(corpus), "--out", str(tmp_path / "ds"), "--train-tokenizer", str(prefix), "--vocab-size", "400",
+            "--val-docs", "5", "--quiet"]
+    with pytest.raises(SystemExit):
+        build.main(args)
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert Path(f"{prefix}.model").read_bytes() == tokenizer_path.read_bytes()
+    build.main(args + ["--overwrite"])
+    import sentencepiece as spm
+    assert spm.SentencePieceProcessor(model_file=f"{prefix}.model").vocab_size() == 400
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["mine.model", "mine.vocab"], "no temporary files left"
+
+
 # ---- verification -----------------------------------------------------------------------------
 
 def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
     out = tmp_path / "ds"
     shutil.copytree(dataset, out)
     return out
+
+
+def test_verify_notices_another_tokenizer(dataset, tmp_path, corpus):
+    import sentencepiece as spm
+    other = shards.train_tokenizer(shards.iter_documents([corpus]), 480, tmp_path / "other")
+    assert spm.SentencePieceProcessor(model_file=str(other)).vocab_size() == 480
+    problems, _ = verify.verify(dataset, 512, VAL_DOCS, other)
+    assert any("is not the tokenizer the shards were built with" in p for p in problems)
 
 
 def test_verify_accepts_a_good_folder(dataset, tokenizer_path):

@@ -95,6 +95,11 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(SEED="x"), "SEED='x' is not an integer"),
     (dict(TRAIN_SEQ_LEN="8192", TRAIN_BATCH_TOKENS="65536", VAL_BATCH_SIZE="65536"), "fewer than one sequence"),
     (dict(WORLD_SIZE="3", RANK="0"), "WORLD_SIZE=3 must divide 8"),
+    (dict(WORLD_SIZE="2"), "WORLD_SIZE is set but RANK is not"),
+    (dict(RANK="one", WORLD_SIZE="2"), "RANK='one' is not an integer"),
+    (dict(RANK="2", WORLD_SIZE="2"), "RANK=2 and LOCAL_RANK=0 must lie in [0, WORLD_SIZE=2)"),
+    (dict(SEED="-1"), "SEED=-1 must be between 0 and 2**32-1"),
+    (dict(ITERATIONS="-1"), "ITERATIONS=-1 must be 0 or more"),
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
@@ -137,3 +142,11 @@ def test_torchrun_world_size_error_is_said_once(tmp_path, dataset, tokenizer_pat
     run = run_train(tmp_path, tiny_env(dataset, tokenizer_path), nproc=3)
     assert run.returncode != 0
     assert run.stderr.count("error: WORLD_SIZE=3 must divide 8") == 1
+
+
+def test_every_rank_stops_when_rank_0_cannot_claim_the_run(tmp_path, dataset, tokenizer_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "taken.txt").write_text("an earlier run")
+    run = run_train(tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="taken"), nproc=2, timeout=120)
+    assert run.returncode != 0 and run.stderr.count("error: logs/taken.txt already exists") == 1
+    assert (tmp_path / "logs" / "taken.txt").read_text() == "an earlier run"

@@ -149,3 +149,19 @@ def test_plot_writes_a_png(first_run, tmp_path):
     out = tmp_path / "curves.png"
     assert records.main(["plot", "--out", str(out), str(cwd / "logs" / "first.txt")]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_ttest_counts_each_run_once_and_needs_a_strict_excess(tmp_path, capsys):
+    logs = three_logs(tmp_path / "runs", [1.19, 1.19, 1.19])
+    with pytest.raises(SystemExit, match="each run must count once"):
+        records.main(["ttest", "--record-bpb", "1.2014", str(logs[0]), str(logs[0])])
+    threshold = 0.005 / math.log(2) * TPB
+    record_at_threshold = 1.19 + threshold  # identical scores exactly at the threshold: not an improvement
+    assert records.significance([1.19, 1.19], TPB, record_at_threshold, 0.005, 0.01).passed is False
+    assert records.significance([1.19, 1.19], TPB, record_at_threshold + 1e-6, 0.005, 0.01).passed is True
+
+
+def test_missing_paths_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        records.main(["size", str(tmp_path / "nope.txt")])
+    assert "nope.txt does not exist" in capsys.readouterr().err

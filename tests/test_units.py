@@ -342,3 +342,12 @@ def test_cudnn_layout_computes_the_same_attention():
         expanded.load_state_dict(native.state_dict())
         x = torch.randint(0, 512, (2, 48))
         torch.testing.assert_close(expanded.logits(x), native.logits(x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernel_probe_compares_two_kernels():
+    from torch.nn.attention import SDPBackend
+    cpu = torch.device("cpu")
+    assert train_gpt.attention_kernels_agree(cpu, 2, 64, 16, SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
+    with pytest.raises(RuntimeError):  # a kernel that cannot run here raises; select_attention falls back
+        train_gpt.attention_kernels_agree(cpu, 2, 64, 16, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+    assert train_gpt.select_attention("cudnn", cpu, 8, 4096, 64) == ("cudnn", "")  # no CUDA: nothing to pick

@@ -65,8 +65,8 @@ def main() -> None:
     grad_accum_steps = 8 // world_size
     tg.check_shapes(args, world_size, grad_accum_steps)
     device = tg.setup_device(int(os.environ.get("LOCAL_RANK", "0")))
-    args.sdpa_backend = tg.select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
-                                            args.model_dim // args.num_heads)
+    args.sdpa_backend, _ = tg.select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
+                                               args.model_dim // args.num_heads)
     if distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)

@@ -193,7 +193,10 @@ def significance(bpbs: list[float], tokens_per_byte: float, record_bpb: float, m
     mean, sd = statistics.fmean(bpbs), statistics.stdev(bpbs)
     threshold = min_gain_nats / LN2 * tokens_per_byte
     gain = record_bpb - mean
-    t = (gain - threshold) / (sd / math.sqrt(n)) if sd > 0 else math.copysign(math.inf, gain - threshold)
+    if sd > 0:
+        t = (gain - threshold) / (sd / math.sqrt(n))
+    else:  # identical scores: certain, but only a strict excess over the threshold passes
+        t = math.inf if gain > threshold else -math.inf
     p = student_t_sf(t, n - 1)
     return TTest(n, mean, sd, gain, gain * LN2 / tokens_per_byte, threshold, t, n - 1, p, p < alpha)
 
@@ -229,6 +232,11 @@ def complete_runs(paths: list[Path]) -> list[RunSummary]:
 
 def cmd_ttest(args) -> int:
     runs = complete_runs(args.logs)
+    if any(r.state == "eval-only" for r in runs):
+        raise SystemExit("error: an EVAL_ARTIFACT log re-scores a run; give each training run's own log once")
+    seen = [(r.run_id, r.seed) for r in runs]
+    if len(set(r.run_id for r in runs)) < len(runs) or len(set(r.seed for r in runs)) < len(runs):
+        raise SystemExit(f"error: each run must count once, with its own seed; got (run_id, seed) {seen}")
     if len(runs) < 2:
         raise SystemExit("error: the t-test needs at least 2 logs")
     tpb = statistics.fmean(r.tokens_per_byte for r in runs)
@@ -325,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", type=Path)
     s.set_defaults(func=cmd_size)
     args = p.parse_args(argv)
-    for path in getattr(args, "logs", []) or []:
-        if not path.is_file():
+    paths = (getattr(args, "logs", None) or []) + [getattr(args, k, None) for k in ("log", "code", "model")]
+    for path in paths:
+        if path is not None and not path.is_file():
             p.error(f"{path} does not exist")
     return args.func(args)
 
