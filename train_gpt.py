@@ -998,7 +998,7 @@ def setup_device(local_rank: int) -> torch.device:
 def attention_kernels_agree(device: torch.device, num_heads: int, seq_len: int, head_dim: int,
                             candidate, reference) -> bool:
     """Runs causal attention forward and backward through two SDPA kernels on the same random
-    data; True if the candidate runs, stays finite and matches the reference within bf16 rounding."""
+    data; True if the candidate runs, stays finite and matches the reference up to bf16 rounding."""
     from torch.nn.attention import sdpa_kernel
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(1, num_heads, seq_len, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
@@ -1010,7 +1010,8 @@ def attention_kernels_agree(device: torch.device, num_heads: int, seq_len: int, 
             out = F.scaled_dot_product_attention(*inputs, is_causal=True)
         out.float().square().sum().backward()
         results.append([out.detach().float()] + [t.grad.float() for t in inputs])
-    return all(bool(a.isfinite().all()) and float((a - b).norm()) <= 0.02 * float(b.norm()) for a, b in zip(*results))
+    # bf16 outputs of two correct kernels differ by well under 1%; a broken kernel by far more.
+    return all(bool(a.isfinite().all()) and float((a - b).norm()) <= 0.05 * float(b.norm()) for a, b in zip(*results))
 
 
 def select_attention(requested: str, device: torch.device, num_heads: int, seq_len: int,
