@@ -1037,6 +1037,24 @@ def select_attention(requested: str, device: torch.device, num_heads: int, seq_l
     return backend, why
 
 
+def init_process_group(device: torch.device) -> None:
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+
+
+def build_training(run: Run) -> tuple[GPT, nn.Module, list[torch.optim.Optimizer], Muon]:
+    """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its
+    optimizers."""
+    args, device = run.args, run.device
+    base_model = build_model(args, device)
+    compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
+    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed \
+        else compiled
+    orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
+    optimizers, muon = build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize)
+    return base_model, model, optimizers, muon
+
+
 def sdp_backends_line(device: torch.device) -> str:
     if device.type != "cuda":
         return "sdp_backends:cpu"
@@ -1066,8 +1084,7 @@ def main() -> None:
     args.sdpa_backend, sdpa_fallback = select_attention(args.sdpa_backend, device, args.num_heads,
                                                         args.train_seq_len, args.model_dim // args.num_heads)
     if distributed:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        init_process_group(device)
     run_id = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"]
     if distributed:
         dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
@@ -1103,12 +1120,7 @@ def main() -> None:
     run.log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} tokens:{val_tokens.size - 1}")
 
     # ---- model and optimizers ----------------------------------------------------------------
-    base_model = build_model(args, device)
-    compiled_model = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
-    model = DDP(compiled_model, device_ids=[local_rank] if device.type == "cuda" else None) if distributed \
-        else compiled_model
-    orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
-    optimizers, muon = build_optimizers(base_model, args, rank, world_size, orthogonalize)
+    base_model, model, optimizers, muon = build_training(run)
     run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
     run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
     run.log(sdp_backends_line(device))

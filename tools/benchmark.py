@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
@@ -60,23 +59,16 @@ def main() -> None:
     steps = int(os.environ.get("BENCH_STEPS", "20"))
     peak_tflops = float(os.environ.get("BENCH_PEAK_TFLOPS", "790"))
     profile_path = os.environ.get("BENCH_PROFILE", "")
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    distributed, rank, world_size, local_rank = tg.process_layout(os.environ)
     grad_accum_steps = 8 // world_size
     tg.check_shapes(args, world_size, grad_accum_steps)
-    device = tg.setup_device(int(os.environ.get("LOCAL_RANK", "0")))
+    device = tg.setup_device(local_rank)
     args.sdpa_backend, _ = tg.select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
                                                args.model_dim // args.num_heads)
     if distributed:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        tg.init_process_group(device)
     run = tg.Run(args, rank, world_size, grad_accum_steps, distributed, device, tg.RunLog(None))
-
-    base_model = tg.build_model(args, device)
-    compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
-    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if distributed else compiled
-    orthogonalize = torch.compile(tg.zeropower_via_newtonschulz5) if args.compile else tg.zeropower_via_newtonschulz5
-    optimizers, muon = tg.build_optimizers(base_model, args, rank, world_size, orthogonalize)
+    base_model, model, optimizers, _ = tg.build_training(run)
     loader = SyntheticLoader(args.vocab_size, rank, world_size, device)
 
     def step() -> None:
@@ -123,6 +115,6 @@ if __name__ == "__main__":
     try:
         main()
     except tg.ConfigError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if os.environ.get("RANK", "0") in ("0", ""):
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
