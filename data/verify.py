@@ -6,13 +6,16 @@ Checks every fineweb_{val,train}_NNNNNN.bin: header and exact size, numbering wi
 token ids below the vocabulary size, validation starting with BOS and its number of BOS tokens
 (= documents). Where the folder has the manifest.json that data/build.py writes, also the token
 counts and sha256 of every shard, the vocabulary and document counts it records, and that --tokenizer
-is the one the shards were built with.
+is the one the shards were built with. A holdout folder (build.py --holdout-out) is a data folder
+like any other, with validation shards only; a folder whose manifest records one is also checked
+against that folder's manifest (same counts, same tokenizer) when it is where the manifest says.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +59,25 @@ def check_split(files: list[Path], vocab_size: int, manifest_shards: dict, probl
     return summary
 
 
+def check_holdout(folder: Path, manifest: dict, problems: list[str]) -> dict:
+    """The documents this folder's build held back: their folder's manifest must count what this
+    one records, with the same tokenizer. Its shards are checked by verifying that folder."""
+    held = manifest["holdout"]
+    summary = dict(docs=held["docs"], tokens=held["tokens"], folder=Path(os.path.normpath(folder / held["folder"])),
+                   found=False)
+    path = summary["folder"] / "manifest.json"
+    if not path.is_file():  # not copied along, say: nothing to compare with, and no problem here
+        return summary
+    theirs, summary["found"] = json.loads(path.read_text()), True
+    got = {k: theirs["splits"]["val"][k] for k in ("docs", "tokens", "text_bytes")}
+    want = {k: held[k] for k in got}
+    if got != want:
+        problems.append(f"holdout {summary['folder']}: its manifest counts {got}, this one records {want}")
+    if theirs["tokenizer"]["sha256"] != manifest["tokenizer"]["sha256"]:
+        problems.append(f"holdout {summary['folder']}: built with another tokenizer ({theirs['tokenizer']['name']})")
+    return summary
+
+
 def verify(folder: Path, vocab_size: int | None, val_docs: int | None,
            tokenizer: Path | None = None) -> tuple[list[str], dict]:
     problems: list[str] = []
@@ -85,6 +107,8 @@ def verify(folder: Path, vocab_size: int | None, val_docs: int | None,
             want, got = manifest["splits"][split]["tokens"], summaries[split]["tokens"]
             if want != got:
                 problems.append(f"{split} split: {got} tokens, manifest says {want}")
+    if manifest and "holdout" in manifest:
+        summaries["holdout"] = check_holdout(folder, manifest, problems)
     val = summaries["val"]
     if val["shards"] and val["first_token"] != BOS_ID:
         problems.append(f"the validation split starts with token {val['first_token']}, not BOS ({BOS_ID})")
@@ -109,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
 
     problems, summaries = verify(args.folder, vocab_size, args.val_docs, args.tokenizer)
     for split, s in summaries.items():
+        if split == "holdout":
+            print(f"holdout: {s['docs']:,} documents, {s['tokens']:,} tokens held back from training, in "
+                  f"{s['folder']} ({'verify it too' if s['found'] else 'not there: not compared'})")
+            continue
         print(f"{split}: {s['shards']} shards, {s['tokens']:,} tokens, {s['bos']:,} BOS (documents), "
               f"max token id {s['max_id']}")
     for problem in problems:

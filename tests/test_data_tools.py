@@ -8,6 +8,7 @@ import gzip
 import http.server
 import json
 import lzma
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import build
 import shards
 import train_gpt
 import verify
-from conftest import ROOT, SHARD_TOKENS, VAL_DOCS, make_documents, write_jsonl
+from conftest import ROOT, SHARD_TOKENS, VAL_DOCS, make_documents, run_train, tiny_env, write_jsonl
 
 
 # ---- the format -------------------------------------------------------------------------------
@@ -153,6 +154,160 @@ def test_build_never_replaces_an_existing_tokenizer_silently(tmp_path, corpus, t
     import sentencepiece as spm
     assert spm.SentencePieceProcessor(model_file=f"{prefix}.model").vocab_size() == 400
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["mine.model", "mine.vocab"], "no temporary files left"
+
+
+# ---- a held-back second validation set ---------------------------------------------------------
+
+HOLDOUT_DOCS = 100
+
+
+@pytest.fixture(scope="module")
+def holdout_build(tmp_path_factory, corpus, tokenizer_path):
+    """The fixture corpus built like `dataset`, plus its last HOLDOUT_DOCS documents held back."""
+    root = tmp_path_factory.mktemp("holdout")
+    build.main([str(corpus), "--out", str(root / "main"), "--tokenizer", str(tokenizer_path), "--val-docs",
+                str(VAL_DOCS), "--shard-tokens", str(SHARD_TOKENS), "--quiet", "--holdout-docs", str(HOLDOUT_DOCS),
+                "--holdout-out", str(root / "held")])
+    return root / "main", root / "held"
+
+
+def split_tokens(folder: Path, split: str) -> np.ndarray:
+    return np.concatenate([shards.read_tokens(p) for p in sorted(folder.glob(f"fineweb_{split}_*.bin"))])
+
+
+def test_holdout_takes_the_last_documents_out_of_training(holdout_build, dataset, corpus, sp):
+    main, held = holdout_build
+    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    tail = docs[-HOLDOUT_DOCS:]
+    expected_held = np.concatenate([[1] + sp.encode(d) for d in tail])  # BOS + tokens, per document
+    assert sorted(p.name for p in held.iterdir()) == ["fineweb_val_000000.bin", "manifest.json"]
+    np.testing.assert_array_equal(split_tokens(held, "val"), expected_held)
+    # Validation untouched; training = the build without the holdout, minus exactly those tokens.
+    assert (main / "fineweb_val_000000.bin").read_bytes() == (dataset / "fineweb_val_000000.bin").read_bytes()
+    full_train, train = split_tokens(dataset, "train"), split_tokens(main, "train")
+    assert train.size == full_train.size - expected_held.size
+    np.testing.assert_array_equal(train, full_train[: train.size])
+    np.testing.assert_array_equal(full_train[train.size:], expected_held)
+    # No document in two splits: every document once, in the split its position gives it.
+    pieces = {name: [tuple(d) for d in np.split(t, np.flatnonzero(t == 1)[1:])]
+              for name, t in (("val", split_tokens(main, "val")), ("train", train), ("held", expected_held))}
+    assert [len(pieces[k]) for k in ("val", "train", "held")] == [VAL_DOCS, len(docs) - VAL_DOCS - HOLDOUT_DOCS,
+                                                                  HOLDOUT_DOCS]
+    for a, b in (("val", "train"), ("val", "held"), ("train", "held")):
+        assert not set(pieces[a]) & set(pieces[b]), (a, b)
+
+    manifest = json.loads((main / "manifest.json").read_text())
+    held_manifest = json.loads((held / "manifest.json").read_text())
+    held_counts = dict(docs=HOLDOUT_DOCS, tokens=expected_held.size, text_bytes=sum(len(d.encode()) for d in tail))
+    assert manifest["holdout"] == dict(held_counts, folder="../held",
+                                       which=f"the last {HOLDOUT_DOCS} documents of the inputs, not trained on")
+    assert manifest["splits"]["train"]["docs"] == len(docs) - VAL_DOCS - HOLDOUT_DOCS
+    assert manifest["splits"]["train"]["tokens"] == train.size and manifest["val_docs"] == VAL_DOCS
+    assert held_manifest["splits"] == dict(val=held_counts, train=dict(docs=0, tokens=0, text_bytes=0))
+    assert held_manifest["val_docs"] == HOLDOUT_DOCS and held_manifest["held_back_from"] == "../main"
+    assert held_manifest["tokenizer"] == manifest["tokenizer"] and held_manifest["inputs"] == manifest["inputs"]
+    # Without the flags nothing changes: no holdout entry, the same keys otherwise.
+    plain = json.loads((dataset / "manifest.json").read_text())
+    assert set(manifest) == set(plain) | {"holdout"} and set(held_manifest) == set(plain) | {"held_back_from"}
+    # train_gpt.py scores an artifact on it with nothing but DATA_PATH: no training shards needed.
+    assert train_gpt.find_shards(str(held), need_train=False) == ([], [held / "fineweb_val_000000.bin"])
+
+
+def test_holdout_build_is_deterministic(holdout_build, tmp_path, corpus, tokenizer_path):
+    main, held = holdout_build
+    shutil.copy(corpus, tmp_path / corpus.name)
+    build.main([str(tmp_path / corpus.name), "--out", str(tmp_path / "main"), "--tokenizer", str(tokenizer_path),
+                "--val-docs", str(VAL_DOCS), "--shard-tokens", str(SHARD_TOKENS), "--quiet", "--threads", "1",
+                "--batch-docs", "7", "--holdout-docs", str(HOLDOUT_DOCS), "--holdout-out", str(tmp_path / "held")])
+    for folder in (main, held):
+        for path in sorted(folder.iterdir()):
+            assert (tmp_path / folder.name / path.name).read_bytes() == path.read_bytes(), path
+
+
+def test_holdout_scores_an_artifact(first_run, holdout_build, tokenizer_path, tmp_path):
+    artifact = first_run[0] / "artifacts" / "first_model.int8.ptz"
+    # Its own folder: the shared run's logs stay as the other tests expect them.
+    run = run_train(tmp_path, tiny_env(holdout_build[1], tokenizer_path, EVAL_ARTIFACT=str(artifact), RUN_ID="held"))
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^final_\w+_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+", run.stdout, re.M), run.stdout
+
+
+def test_verify_checks_both_folders_of_a_holdout_build(holdout_build, tokenizer_path, tmp_path):
+    outputs = []
+    for folder in holdout_build:
+        run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(folder), "--tokenizer",
+                              str(tokenizer_path)], capture_output=True, text=True)
+        assert run.returncode == 0 and run.stdout.rstrip().endswith("OK"), run.stdout + run.stderr
+        outputs.append(run.stdout)
+    assert f"holdout: {HOLDOUT_DOCS:,} documents" in outputs[0] and "(verify it too)" in outputs[0]
+    assert "val: 1 shards" in outputs[1] and f"{HOLDOUT_DOCS:,} BOS" in outputs[1] and "train: 0 shards" in outputs[1]
+    # The main folder's manifest must agree with the holdout folder's.
+    copy = tmp_path / "copy"
+    for folder in holdout_build:
+        shutil.copytree(folder, copy / folder.name)
+    held_manifest = copy / "held" / "manifest.json"
+    data = json.loads(held_manifest.read_text())
+    data["splits"]["val"]["tokens"] += 1
+    held_manifest.write_text(json.dumps(data))
+    problems, summaries = verify.verify(copy / "main", None, None, tokenizer_path)
+    assert summaries["holdout"]["found"] and any("its manifest counts" in p for p in problems), problems
+    problems, _ = verify.verify(copy / "held", None, None, tokenizer_path)
+    assert any("val split" in p and "manifest says" in p for p in problems), problems
+    # A main folder copied without its holdout still verifies: there is nothing to compare with.
+    shutil.rmtree(copy / "held")
+    problems, summaries = verify.verify(copy / "main", None, None, tokenizer_path)
+    assert not problems and not summaries["holdout"]["found"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--holdout-docs", "5"], "--holdout-docs N and --holdout-out DIR go together"),
+    (["--holdout-out", "{tmp}/held"], "--holdout-docs N and --holdout-out DIR go together"),
+    (["--holdout-docs", "0", "--holdout-out", "{tmp}/held"], "--holdout-docs must be > 0"),
+    (["--holdout-docs", "5", "--holdout-out", "{tmp}/main/"], "is the --out folder"),
+    (["--holdout-docs", "1160", "--holdout-out", "{tmp}/held"], "not more than --val-docs 40 + --holdout-docs 1160"),
+])
+def test_holdout_flag_errors(tmp_path, corpus, tokenizer_path, capsys, extra, message):
+    args = [str(corpus), "--out", str(tmp_path / "main"), "--tokenizer", str(tokenizer_path), "--val-docs",
+            str(VAL_DOCS), "--quiet"] + [a.format(tmp=tmp_path) for a in extra]
+    with pytest.raises(SystemExit) as e:
+        build.main(args)
+    error = capsys.readouterr().err.strip().splitlines()[-1] if e.value.code == 2 else str(e.value.code)
+    assert message in error, error
+
+
+def test_holdout_may_leave_a_single_training_document(tmp_path, corpus, tokenizer_path, sp):
+    n_docs = len(corpus.read_text().splitlines())
+    build.main([str(corpus), "--out", str(tmp_path / "main"), "--tokenizer", str(tokenizer_path), "--val-docs",
+                str(VAL_DOCS), "--quiet", "--holdout-docs", str(n_docs - VAL_DOCS - 1),
+                "--holdout-out", str(tmp_path / "held")])
+    only_train = json.loads(corpus.read_text().splitlines()[VAL_DOCS])["text"]
+    np.testing.assert_array_equal(split_tokens(tmp_path / "main", "train"), [1] + sp.encode(only_train))
+
+
+def test_holdout_folder_is_protected_like_out(tmp_path, corpus, tokenizer_path, capsys):
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "fineweb_val_000000.bin").write_bytes(b"old")
+    args = [str(corpus), "--out", str(tmp_path / "main"), "--tokenizer", str(tokenizer_path), "--val-docs", "5",
+            "--quiet", "--holdout-docs", "5", "--holdout-out", str(held)]
+    with pytest.raises(SystemExit):
+        build.main(args)
+    assert "pass --overwrite or choose another --holdout-out" in capsys.readouterr().err
+    assert (held / "fineweb_val_000000.bin").read_bytes() == b"old"
+    build.main(args + ["--overwrite"])
+    assert shards.read_tokens(held / "fineweb_val_000000.bin")[0] == 1
+
+
+def test_holdout_is_not_seen_by_a_trained_tokenizer(tmp_path):
+    # The held-back documents hold a word that appears nowhere else, as in the validation test above.
+    docs = make_documents(300, seed=5) + [f"zqxjv{i} zqxjvzqxjv zqxjv zqxjv" for i in range(30)]
+    corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
+    build.main([str(corpus), "--out", str(tmp_path / "ds"), "--train-tokenizer", str(tmp_path / "tok" / "t"),
+                "--vocab-size", "400", "--val-docs", "10", "--quiet", "--holdout-docs", "30",
+                "--holdout-out", str(tmp_path / "held")])
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "t.model"))
+    assert "▁zqxjv" not in {sp.id_to_piece(i) for i in range(sp.vocab_size())}
 
 
 # ---- verification -----------------------------------------------------------------------------
