@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import lzma
 import math
 import os
 import random
@@ -66,18 +67,18 @@ class Hyperparameters:
     tokenizer_path = "./data/tokenizers/fineweb_1024_bpe.model"
     run_id = ""  # empty: a fresh, unique id per run
     seed = 1337
-    eval_artifact = ""  # path of a .int8.ptz to score instead of training
+    eval_artifact = ""  # path of an artifact (.int8.ptz, .int6.ptz, ...) to score instead of training
 
     # Validation and logging cadence. Validation always covers the whole validation split.
     val_batch_size = 524_288
-    eval_stride = 0  # 0: the final score uses non-overlapping windows (the seed); s: sliding windows every s tokens
+    eval_stride = 256  # the final score slides windows every EVAL_STRIDE tokens; 0 or >= TRAIN_SEQ_LEN: no overlap (seed)
     val_loss_every = 1000
     train_log_every = 200
 
     # Length of training.
     iterations = 20000
     warmdown_iters = 3000
-    warmdown_frac = 0.0  # > 0: warm down over this last fraction of the budget instead (seed: 3000/8394 = 0.357)
+    warmdown_frac = 0.357  # > 0: warm down over this last fraction of the budget; 0: over WARMDOWN_ITERS steps (seed)
     warmup_steps = 20
     train_batch_tokens = 393_216
     train_seq_len = 4096
@@ -94,6 +95,10 @@ class Hyperparameters:
     rope_base = 10000.0
     logit_softcap = 30.0
     qk_gain_init = 1.5
+    mlp_leaky_slope = 0.0  # MLP activation leaky_relu(x, slope)^2; 0: relu^2 (the seed)
+    rope_dims = 0  # rotate only the first ROPE_DIMS of each head's dimensions; 0: all (the seed)
+    ln_scale = False  # scale the normed input of layer l's attention and MLP by 1/sqrt(l+1)
+    xsa = False  # exclusive self attention: remove from each head's output its own value's direction
 
     # Optimizers.
     embed_lr = 0.6
@@ -106,11 +111,18 @@ class Hyperparameters:
     muon_backend_steps = 5
     muon_momentum_warmup_start = 0.92
     muon_momentum_warmup_steps = 1500
-    muon_momentum_warmup_frac = 0.0  # > 0: warm up over this first fraction of the budget instead (seed: 0.179)
+    muon_momentum_warmup_frac = 0.179  # > 0: warm up over this first fraction of the budget; 0: over the steps (seed)
     beta1 = 0.9
     beta2 = 0.95
     adam_eps = 1e-8
     grad_clip_norm = 0.0  # 0: off
+    muon_weight_decay = 0.0  # decoupled: each Muon matrix shrinks by lr * this per step
+    ema_horizon_frac = 0.0  # > 0: score an exponential moving average of the weights over this fraction of the budget
+
+    # Export.
+    quant_bits = 8  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
+    quant_clip_sigmas = 12.85  # for QUANT_BITS < 8: row clip = this many standard deviations of the row
+    compressor = "zlib"  # zlib (the seed) or lzma (stdlib; smaller on intN payloads)
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
@@ -326,25 +338,29 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.weight.to(x.dtype))
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, head_dim/2)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+def rotary_tables(seq_len: int, rope_dims: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, rope_dims/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     return angles.cos()[None, None], angles.sin()[None, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # Half-split layout: dimension j pairs with j + head_dim/2.
-    x1, x2 = x.chunk(2, dim=-1)
+    """Rotates the first 2*cos.size(-1) dimensions of each head; the rest carry no position.
+    Half-split layout: dimension j pairs with j + rope_dims/2."""
+    rope_dims = 2 * cos.size(-1)
+    x1, x2 = x[..., :rope_dims].chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, x[..., rope_dims:]), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool,
+                 xsa: bool):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
         self.expand_kv = expand_kv and num_kv_heads != num_heads  # for kernels without native GQA
+        self.xsa = xsa
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
         self.c_v = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
@@ -364,34 +380,51 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         gqa = self.num_kv_heads != self.num_heads and not self.expand_kv
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if self.xsa:
+            y = exclude_own_value(y, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
+def exclude_own_value(y: Tensor, v: Tensor) -> Tensor:
+    """XSA (arXiv 2603.09078): removes from each head's output y_t its component along the
+    direction of the token's own value v_t, so attention carries only what other tokens add.
+    y: (B, H, T, hd); v: (B, KV, T, hd) with H a multiple of KV (query head h reads KV head
+    h // (H/KV)), handled by a view instead of repeating v."""
+    B, H, T, hd = y.shape
+    v_dir = F.normalize(v, dim=-1).unsqueeze(2)  # (B, KV, 1, T, hd)
+    y = y.view(B, v.size(1), H // v.size(1), T, hd)
+    return (y - (y * v_dir).sum(-1, keepdim=True) * v_dir).view(B, H, T, hd)
+
+
 class MLP(nn.Module):
-    def __init__(self, dim: int, mlp_mult: int):
+    def __init__(self, dim: int, mlp_mult: int, leaky_slope: float):
         super().__init__()
         self.fc = CastedLinear(dim, mlp_mult * dim, bias=False)
         self.proj = CastedLinear(mlp_mult * dim, dim, bias=False)
+        self.leaky_slope = leaky_slope  # a small negative slope keeps gradients for negative inputs
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(torch.relu(self.fc(x)).square())
+        return self.proj(F.leaky_relu(self.fc(x), self.leaky_slope).square())
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, qk_gain_init: float,
-                 expand_kv: bool):
+    def __init__(self, args: Hyperparameters, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, qk_gain_init, expand_kv)
-        self.mlp = MLP(dim, mlp_mult)
+        dim = args.model_dim
+        self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
+                                        expand_kv=args.sdpa_backend == "cudnn", xsa=args.xsa)
+        self.mlp = MLP(dim, args.mlp_mult, args.mlp_leaky_slope)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+        # Deeper layers read a damped copy of the stream, so their sublayers start as smaller edits.
+        self.norm_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0
 
     def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)), rope)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.norm_scale * F.rms_norm(x, (x.size(-1),)), rope)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm_scale * F.rms_norm(x, (x.size(-1),)))
 
 
 class GPT(nn.Module):
@@ -399,12 +432,11 @@ class GPT(nn.Module):
         super().__init__()
         dim, layers = args.model_dim, args.num_layers
         self.rope_base, self.logit_softcap = args.rope_base, args.logit_softcap
+        self.rope_dims = args.rope_dims or dim // args.num_heads
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
         self.num_encoder_layers = layers // 2
         self.skip_weights = nn.Parameter(torch.ones(min(layers // 2, layers - layers // 2), dim))
-        self.blocks = nn.ModuleList(
-            Block(dim, args.num_heads, args.num_kv_heads, args.mlp_mult, args.qk_gain_init,
-                  expand_kv=args.sdpa_backend == "cudnn") for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(args, layer) for layer in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
         # Output projections start at zero so every block begins as the identity.
         zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
@@ -418,7 +450,7 @@ class GPT(nn.Module):
     def logits(self, input_ids: Tensor) -> Tensor:
         x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
         x0 = x
-        rope = rotary_tables(input_ids.size(1), self.blocks[0].attn.head_dim, self.rope_base, input_ids.device)
+        rope = rotary_tables(input_ids.size(1), self.rope_dims, self.rope_base, input_ids.device)
         skips = []
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder_layers and skips:
@@ -482,8 +514,9 @@ class Muon(torch.optim.Optimizer):
     all-reduce of a flat bf16 buffer then gives every rank every update."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
-                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps))
+                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
+                                      weight_decay=weight_decay))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
 
     @torch.no_grad()
@@ -512,6 +545,8 @@ class Muon(torch.optim.Optimizer):
             if self.world_size > 1:
                 dist.all_reduce(updates, op=dist.ReduceOp.SUM)
             for i, p in enumerate(params):
+                if group["weight_decay"]:  # decoupled, at the scheduled lr: small weights quantize and compress better
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(updates[offsets[i]: offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
@@ -533,7 +568,8 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
                                 eps=args.adam_eps, fused=fused)
 
     token_lr = args.tied_embed_lr if model.lm_head is None else args.embed_lr
-    muon = Muon(matrices, args.matrix_lr, args.muon_momentum, args.muon_backend_steps, rank, world_size, orthogonalize)
+    muon = Muon(matrices, args.matrix_lr, args.muon_momentum, args.muon_backend_steps, rank, world_size, orthogonalize,
+                args.muon_weight_decay)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     optimizers = [adam([model.tok_emb.weight], token_lr), muon, adam(scalars, args.scalar_lr)]
     if head:
@@ -576,16 +612,52 @@ def muon_momentum_at(done: float, start: float, end: float) -> float:
     return (1 - done) * start + done * end
 
 
+class WeightAverage:
+    """An exponential moving average of the weights (fp32) whose horizon is a fraction of the
+    budget, not a count of steps: after a step that spent the fraction d of the budget, the old
+    average keeps the weight exp(-d / horizon). A 3-minute and a 10-minute run then average over
+    the same share of their training."""
+
+    def __init__(self, model: nn.Module, horizon_frac: float):
+        self.params = list(model.parameters())
+        self.average = [p.detach().float().clone() for p in self.params]
+        self.horizon_frac, self.budget_used = horizon_frac, 0.0
+
+    @torch.no_grad()
+    def update(self, budget_used: float) -> None:
+        keep = math.exp(-max(budget_used - self.budget_used, 0.0) / self.horizon_frac)
+        self.budget_used = budget_used
+        torch._foreach_lerp_(self.average, [p.float() for p in self.params], 1.0 - keep)
+
+    @torch.no_grad()
+    def copy_to_model(self, distributed: bool) -> None:
+        """Replaces the weights by the average; ranks time their steps apart, so rank 0's wins."""
+        for p, a in zip(self.params, self.average):
+            if distributed:
+                dist.broadcast(a, src=0)
+            p.copy_(a)
+
+
 # -----------------------------------------------------------------------------
 # QUANTIZATION AND SERIALIZATION
 # The artifact is int8 with one fp16 scale per row for big matrices (rows track output
 # channels), fp16 for small tensors, fp32 for control tensors, all torch.save'd and zlib'd.
+# QUANT_BITS < 8 puts the block matrices on fewer levels (still stored as int8, which the
+# compressor shrinks); COMPRESSOR=lzma swaps zlib for xz.
 # The score comes from the model rebuilt from these bytes, never from the trained weights.
 # -----------------------------------------------------------------------------
 
-QUANT_FORMAT = "int8_clean_per_row_v1"
+QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
 KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_QUANTILE = 99.99984 / 100
+KEEP_INT8 = ("tok_emb.weight",)  # the tied embedding is also the output head, the most sensitive matrix
+COMPRESSORS = ("zlib", "lzma")
+XZ_MAGIC = b"\xfd7zXZ\x00"  # how an lzma (.xz) artifact begins; a zlib one begins with 0x78
+
+
+def export_label(args: Hyperparameters) -> str:
+    """What the export does, as the log lines name it: int8+zlib for the seed."""
+    return f"int{args.quant_bits}+{args.compressor}"
 
 
 def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -602,7 +674,22 @@ def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(t.clamp(-clip, clip) / scale).clamp(-127, 127).to(torch.int8), scale
 
 
-def quantize_state_dict(state: dict[str, Tensor]) -> tuple[dict, dict[str, int]]:
+def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
+    """Symmetric intN per row, clipped at clip_sigmas standard deviations of the row: a clip set
+    by the bulk of the row, not by its rarest outliers as the int8 quantile is, so that the few
+    levels are spent where the weights are."""
+    levels = 2 ** (bits - 1) - 1
+    t = t.float()
+    scale = (clip_sigmas * t.std(dim=1, correction=0) / levels).half()
+    scale = scale.masked_fill(scale == 0, 1.0)  # an all-zero row: any scale, every q is 0
+    # Rounded against the stored fp16 scale, so the rebuilt row is within half a step of the clipped
+    # one; the clamp to the outer level is the clip.
+    q = torch.round(t / scale.float()[:, None]).clamp(-levels, levels)
+    return q.to(torch.int8), scale
+
+
+def quantize_state_dict(state: dict[str, Tensor], bits: int = 8,
+                        clip_sigmas: float = Hyperparameters.quant_clip_sigmas) -> tuple[dict, dict[str, int]]:
     obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
                qmeta={}, passthrough_orig_dtypes={})
     stats = dict(tensor_bytes=0, payload_bytes=0)
@@ -618,9 +705,13 @@ def quantize_state_dict(state: dict[str, Tensor]) -> tuple[dict, dict[str, int]]
             obj["passthrough"][name] = t
             stats["payload_bytes"] += t.numel() * t.element_size()
             continue
-        q, scale = quantize_tensor(t)
-        if scale.ndim:
-            obj["qmeta"][name] = dict(scheme="per_row", axis=0)
+        if bits < 8 and t.ndim == 2 and name not in KEEP_INT8:
+            q, scale = quantize_rows_sd(t, bits, clip_sigmas)
+            obj["qmeta"][name] = dict(scheme="per_row", axis=0, bits=bits)
+        else:
+            q, scale = quantize_tensor(t)
+            if scale.ndim:
+                obj["qmeta"][name] = dict(scheme="per_row", axis=0)  # no bits: 8
         obj["quantized"][name], obj["scales"][name] = q, scale
         obj["dtypes"][name] = str(t.dtype).removeprefix("torch.")
         stats["payload_bytes"] += q.numel() + scale.numel() * scale.element_size()
@@ -642,22 +733,27 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
     return out
 
 
-def serialize_artifact(obj: dict) -> tuple[bytes, int]:
-    """Returns (zlib bytes, length of the torch.save stream before compression)."""
+def serialize_artifact(obj: dict, compressor: str = "zlib") -> tuple[bytes, int]:
+    """Returns (compressed bytes, length of the torch.save stream before compression)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
-    return zlib.compress(raw, level=9), len(raw)
+    return (lzma.compress(raw, preset=9) if compressor == "lzma" else zlib.compress(raw, level=9)), len(raw)
 
 
-def load_artifact(path: str) -> dict[str, Tensor]:
+def load_artifact(path: str) -> tuple[dict[str, Tensor], int, str]:
+    """The rebuilt weights, and the bits and compressor the artifact was made with (read from the
+    artifact itself, so scoring one needs no export settings)."""
     try:
         blob = Path(path).read_bytes()
-        obj = torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu")
-    except Exception as e:  # unreadable, not zlib, not a torch file: all the same advice
+        compressor = "lzma" if blob.startswith(XZ_MAGIC) else "zlib"
+        obj = torch.load(io.BytesIO(lzma.decompress(blob) if compressor == "lzma" else zlib.decompress(blob)),
+                         map_location="cpu")
+    except Exception as e:  # unreadable, not zlib or xz, not a torch file: all the same advice
         raise ConfigError(f"cannot read artifact {path} ({first_line(e)}); "
-                          f"point EVAL_ARTIFACT at a .int8.ptz a run wrote") from None
-    return dequantize_state_dict(obj)
+                          f"point EVAL_ARTIFACT at a .ptz a run wrote") from None
+    state = dequantize_state_dict(obj)
+    return state, min((m.get("bits", 8) for m in obj["qmeta"].values()), default=8), compressor
 
 
 def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
@@ -772,14 +868,14 @@ class Run:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
 
-def run_paths(run_id: str) -> dict[str, Path]:
+def run_paths(run_id: str, quant_bits: int) -> dict[str, Path]:
     return dict(log=Path("logs") / f"{run_id}.txt", raw=Path("artifacts") / f"{run_id}_model.pt",
-                artifact=Path("artifacts") / f"{run_id}_model.int8.ptz")
+                artifact=Path("artifacts") / f"{run_id}_model.int{quant_bits}.ptz")
 
 
-def claim_run_paths(run_id: str, writes_model: bool) -> None:
+def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
     """Makes sure this run can write its files and that none of them belongs to an earlier run."""
-    paths = run_paths(run_id)
+    paths = run_paths(run_id, quant_bits)
     wanted = list(paths.values()) if writes_model else [paths["log"]]
     for path in wanted:
         if path.exists():
@@ -808,9 +904,14 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
-    if not 0 <= args.eval_stride < args.train_seq_len:
-        raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 (no sliding windows) or between 1 and "
-                          f"TRAIN_SEQ_LEN-1={args.train_seq_len - 1}")
+    if args.rope_dims < 0 or args.rope_dims % 2 or args.rope_dims > args.model_dim // args.num_heads:
+        raise ConfigError(f"ROPE_DIMS={args.rope_dims} must be 0 (all) or an even number up to the head size "
+                          f"{args.model_dim // args.num_heads}")
+    for name in ("warmdown_frac", "muon_momentum_warmup_frac", "ema_horizon_frac"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
+    if args.eval_stride < 0:
+        raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 or more (0: no sliding windows)")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
@@ -820,6 +921,12 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     if args.val_batch_size < per_micro_step:
         raise ConfigError(f"VAL_BATCH_SIZE={args.val_batch_size} gives each rank less than one sequence; "
                           f"set it to at least {per_micro_step}")
+    if not 5 <= args.quant_bits <= 8:
+        raise ConfigError(f"QUANT_BITS={args.quant_bits} must be in 5..8 (8: the seed's int8)")
+    if not args.quant_clip_sigmas > 0:
+        raise ConfigError(f"QUANT_CLIP_SIGMAS={args.quant_clip_sigmas} must be a positive number of std deviations")
+    if args.compressor not in COMPRESSORS:
+        raise ConfigError(f"COMPRESSOR={args.compressor!r} is not one of {', '.join(COMPRESSORS)}")
 
 
 def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
@@ -869,7 +976,7 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
 
 
 def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
-          loader: DistributedTokenLoader, evaluate) -> None:
+          loader: DistributedTokenLoader, evaluate, average: WeightAverage | None = None) -> None:
     args, log = run.args, run.log
     max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
     training_time_ms, stop_after_step, step = 0.0, None, 0
@@ -902,6 +1009,8 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
         step += 1
 
         approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        if average is not None:
+            average.update(budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms))
         reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
         if run.distributed and max_wallclock_ms is not None:  # every rank stops on the same step
             flag = torch.tensor(int(reached_cap), device=run.device)
@@ -924,38 +1033,46 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
 
 
 def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -> None:
-    """Rank 0 writes the raw weights and the int8+zlib artifact, and logs the sizes that count."""
+    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes
+    that count."""
     if run.rank != 0:
         return
-    log, state = run.log, base_model.state_dict()
+    log, state, args = run.log, base_model.state_dict(), run.args
+    label = export_label(args)
     torch.save(state, paths["raw"])
     raw_bytes = paths["raw"].stat().st_size
     log(f"Serialized model: {raw_bytes} bytes")
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-    quant_obj, quant_stats = quantize_state_dict(state)
-    blob, torch_bytes = serialize_artifact(quant_obj)
+    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas)
+    blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
-    log(f"Serialized model int8+zlib: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
+    log(f"Serialized model {label}: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
         f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
-    log(f"Total submission size int8+zlib: {len(blob) + code_bytes} bytes")
+    log(f"Total submission size {label}: {len(blob) + code_bytes} bytes")
     log(f"artifact:{paths['artifact']}")
 
 
 def report_roundtrip(run: Run, evaluate) -> None:
     """The score of record: the rebuilt model on the whole split, in sliding windows if
     EVAL_STRIDE is set."""
-    stride = run.args.eval_stride
-    if stride:
+    stride = run.args.eval_stride if run.args.eval_stride < run.args.train_seq_len else 0
+    if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
+        run.sync()
+        t0 = time.perf_counter()
+        val_loss, val_bpb = evaluate(0)
+        run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
         run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride}")
     run.sync()
     t0 = time.perf_counter()
     val_loss, val_bpb = evaluate(stride)
     run.sync()
-    run.log(f"final_int8_zlib_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+    name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
+    run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
             f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
-    run.log(f"final_int8_zlib_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+    run.log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
 
 
 def describe_environment(device: torch.device, world_size: int) -> tuple[str, str]:
@@ -1075,7 +1192,8 @@ def main() -> None:
     train_files, val_files = find_shards(args.data_path, need_train=not artifact)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
     val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
-    artifact_state = load_artifact(artifact) if artifact else None
+    if artifact:  # the log then names how the artifact was made, whatever QUANT_BITS and COMPRESSOR say
+        artifact_state, args.quant_bits, args.compressor = load_artifact(artifact)
     device = setup_device(local_rank)
     # Opening the stream reads the first train shard, so a bad one fails here too.
     loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
@@ -1089,10 +1207,10 @@ def main() -> None:
     if distributed:
         dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
     args.run_id = run_id[0]
-    paths, problem = run_paths(args.run_id), [""]
+    paths, problem = run_paths(args.run_id, args.quant_bits), [""]
     if rank == 0:
         try:
-            claim_run_paths(args.run_id, writes_model=not artifact)
+            claim_run_paths(args.run_id, writes_model=not artifact, quant_bits=args.quant_bits)
         except ConfigError as e:
             problem[0] = str(e)
     if distributed:  # every rank stops if rank 0 cannot write, rather than wait for it forever
@@ -1144,16 +1262,22 @@ def main() -> None:
     code_bytes = len(code.encode("utf-8"))
     if artifact:
         run.log(f"eval_artifact:{artifact} bytes:{Path(artifact).stat().st_size}")
-        run.log(f"Total submission size int8+zlib: {Path(artifact).stat().st_size + code_bytes} bytes")
+        run.log(f"Total submission size {export_label(args)}: {Path(artifact).stat().st_size + code_bytes} bytes")
     else:
         if args.warmup_steps > 0:
             warmup_and_reset(run, model, base_model, optimizers, loader)
-        train(run, model, base_model, optimizers, muon, loader, evaluate)
+        average = WeightAverage(base_model, args.ema_horizon_frac) if args.ema_horizon_frac > 0 else None
+        train(run, model, base_model, optimizers, muon, loader, evaluate, average)
+        if average is not None:  # the average is what gets exported and scored
+            average.copy_to_model(distributed)
+            val_loss, val_bpb = evaluate()
+            run.log(f"weight_average val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                    f"horizon_frac:{args.ema_horizon_frac}")
         export(run, base_model, code_bytes, paths)
         if distributed:
             dist.barrier()  # the artifact is on disk before any rank reads it
         artifact = str(paths["artifact"])
-        artifact_state = load_artifact(artifact)
+        artifact_state = load_artifact(artifact)[0]
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)

@@ -26,8 +26,8 @@ SPEC_LINES = {
 }
 
 
-def parse(log: str) -> dict[str, list[tuple[str, ...]]]:
-    return {name: [m.groups() for m in re.finditer(pattern, log, re.M)] for name, pattern in SPEC_LINES.items()}
+def parse(log: str, lines: dict[str, str] = SPEC_LINES) -> dict[str, list[tuple[str, ...]]]:
+    return {name: [m.groups() for m in re.finditer(pattern, log, re.M)] for name, pattern in lines.items()}
 
 
 def test_training_run_end_to_end(first_run):
@@ -85,6 +85,8 @@ def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_pa
                                       EVAL_STRIDE="16"))
     assert sliding.returncode == 0, sliding.stderr
     assert "final_eval:sliding_window stride:16 context_min:48" in sliding.stdout
+    (without,) = re.findall(r"^roundtrip_without_sliding val_loss:[\d.]+ val_bpb:([\d.]+) ", sliding.stdout, re.M)
+    assert float(without) == pytest.approx(float(trained[1]), abs=5.1e-5), "the same windows as the plain score"
     (sliding_bpb,) = [float(b) for _, b in parse(sliding.stdout)["exact"]]
     assert sliding_bpb < float(trained[1]), "more context per scored token"
     # Another validation set, in a folder with no training shards at all.
@@ -97,8 +99,54 @@ def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_pa
     assert other_bpb != float(trained[1]) and 1.0 < other_bpb < 5.0
 
 
+def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_path, tmp_path):
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="int6", ITERATIONS="12", QUANT_BITS="6", COMPRESSOR="lzma")
+    run = run_train(tmp_path, env)
+    assert run.returncode == 0, run.stderr
+    int6_lines = {k: v.replace(r"int8\+zlib", r"int6\+lzma").replace("int8_zlib", "int6_lzma")
+                  for k, v in SPEC_LINES.items()}
+    lines = parse(run.stdout, int6_lines)
+    assert all(lines.values()), {k: v for k, v in lines.items() if not v}
+    assert "int8" not in run.stdout.split("Code size:")[1], "no line after training claims int8"
+    artifact = tmp_path / "artifacts" / "int6_model.int6.ptz"
+    assert sorted(p.name for p in artifact.parent.iterdir()) == ["int6_model.int6.ptz", "int6_model.pt"]
+    assert artifact.read_bytes().startswith(b"\xfd7zXZ\x00") and f"artifact:artifacts/{artifact.name}" in run.stdout
+    (code_bytes,) = re.findall(r"^Code size: (\d+) bytes$", run.stdout, re.M)
+    assert int(lines["serialized"][0][0]) == artifact.stat().st_size
+    assert int(lines["total"][0][0]) == artifact.stat().st_size + int(code_bytes)
+    (*_, val_bpb, _, _), = lines["val"]
+    assert abs(float(lines["roundtrip"][0][1]) - float(val_bpb)) / float(val_bpb) < 0.02
+    # Scoring it needs no export settings, and contrary ones do not change what the log says it is.
+    rescore = run_train(tmp_path, dict(env, RUN_ID="int6_rescore", EVAL_ARTIFACT=str(artifact), QUANT_BITS="8",
+                                       COMPRESSOR="zlib"))
+    assert rescore.returncode == 0, rescore.stderr
+    rescored = parse(rescore.stdout, int6_lines)
+    assert (rescored["exact"], rescored["total"]) == (lines["exact"], lines["total"])
+    assert " quant_bits=6 " in rescore.stdout and " compressor=lzma " in rescore.stdout
+
+
+def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", ROPE_DIMS="16", LN_SCALE="1",
+                   XSA="1", QK_GAIN_INIT="5", MUON_WEIGHT_DECAY="0.04", EMA_HORIZON_FRAC="0.1", EVAL_STRIDE="16",
+                   WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
+    run = run_train(tmp_path, env)
+    assert run.returncode == 0, run.stderr
+    lines = parse(run.stdout)
+    losses = train_losses(run.stdout)
+    assert max(losses[28], losses[29], losses[30]) < losses[1] - 1.0, losses
+    (average_bpb,) = re.findall(r"^weight_average val_loss:[\d.]+ val_bpb:([\d.]+) horizon_frac:0.1$", run.stdout, re.M)
+    (raw_bpb,) = [float(m[3]) for m in lines["val"]]
+    assert float(average_bpb) != raw_bpb, "the average, not the last weights, is exported"
+    artifact = tmp_path / "artifacts" / "beyond_model.int8.ptz"
+    rescore = run_train(tmp_path, dict(env, RUN_ID="beyond_rescore", EVAL_ARTIFACT=str(artifact)))
+    assert rescore.returncode == 0, rescore.stderr
+    assert parse(rescore.stdout)["exact"] == lines["exact"]
+
+
 def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
-    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1")
+    # The weight average is on: its copy-back must leave every rank with the same weights.
+    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1",
+                   EMA_HORIZON_FRAC="0.5")
     one = run_train(tmp_path, dict(env, RUN_ID="one"))
     two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]

@@ -103,14 +103,18 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
-    (dict(EVAL_STRIDE="64"), "EVAL_STRIDE=64 must be 0 (no sliding windows) or between 1 and TRAIN_SEQ_LEN-1=63"),
+    (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more (0: no sliding windows)"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
+    (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8"),
+    (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be a positive number"),
+    (dict(COMPRESSOR="zstd"), "COMPRESSOR='zstd' is not one of zlib, lzma"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
     assert message in config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))
 
 
-@pytest.mark.parametrize("content", [b"not zlib at all", __import__("zlib").compress(b"not a torch file")])
+@pytest.mark.parametrize("content", [b"not zlib at all", __import__("zlib").compress(b"not a torch file"),
+                                     __import__("lzma").compress(b"not a torch file"), b"\xfd7zXZ\x00 cut short"])
 def test_unreadable_artifact(monkeypatch, tmp_path, dataset, tokenizer_path, content):
     (tmp_path / "bad.int8.ptz").write_bytes(content)
     msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT="bad.int8.ptz"))

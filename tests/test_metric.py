@@ -125,17 +125,19 @@ def test_ranks_cover_every_target_once(trained_looking_model, dataset, sp, world
     assert float(parts[0]) == pytest.approx(float(whole[0]), rel=1e-6)
 
 
-@pytest.mark.parametrize("n, seq_len, stride", [(64, 16, 4), (67, 16, 5), (160, 32, 31), (33, 32, 1), (96, 32, 0)])
+@pytest.mark.parametrize("n, seq_len, stride", [(64, 16, 4), (67, 16, 5), (160, 32, 31), (33, 32, 1), (96, 32, 0),
+                                                  (100, 32, 40)])
 def test_windows_score_every_target_once_with_the_promised_context(n, seq_len, stride):
     ends = train_gpt.window_ends(n, seq_len, stride)
+    sliding = 0 < stride < seq_len  # a longer stride means non-overlapping windows, as 0 does
     counts = np.zeros(n, dtype=int)
     for k, end in enumerate(ends):
         start = ends[k - 1] if k else 0
         assert end - seq_len >= 0 and end <= n, "windows stay inside the split"
         counts[max(start, end - seq_len): end] += 1
-        if k and stride:
+        if k and sliding:
             assert start - (end - seq_len) >= seq_len - stride, "at least seq_len - stride tokens of context"
-    assert (counts == 1).all() if stride else (counts[: n // seq_len * seq_len] == 1).all()
+    assert (counts == 1).all() if sliding else (counts[: n // seq_len * seq_len] == 1).all() and len(ends) == n // seq_len
 
 
 def plain_sliding_loss(model, tokens: np.ndarray, seq_len: int, stride: int) -> float:

@@ -57,7 +57,7 @@ def test_student_t_tail_against_the_one_sided_99_percent_table(df, t_99):
 
 
 def write_log(path, seed: int, rt_loss: float, rt_bpb: float, total: int = 15_900_000, code: int = 50_000,
-              finished: bool = True) -> None:
+              finished: bool = True, export: str = "int8+zlib") -> None:
     lines = [f"hyperparameters: data_path=x run_id={path.stem} seed={seed}", "hardware:NVIDIA_H100_80GB_HBM3 count:8",
              "world_size:8 grad_accum_steps:1", f"seed:{seed}",
              "step:0/20000 val_loss:6.9357 val_bpb:4.1077 train_time:0ms step_avg:0.01ms",
@@ -66,10 +66,11 @@ def write_log(path, seed: int, rt_loss: float, rt_bpb: float, total: int = 15_90
     if finished:
         lines += ["step:8394/20000 val_loss:2.0227 val_bpb:1.1980 train_time:599921ms step_avg:71.47ms",
                   "peak memory allocated: 7748 MiB reserved: 8070 MiB", f"Code size: {code} bytes",
-                  f"Serialized model int8+zlib: {total - code} bytes (payload:1 raw_torch:1 payload_ratio:3.91x)",
-                  f"Total submission size int8+zlib: {total} bytes",
-                  f"final_int8_zlib_roundtrip val_loss:{rt_loss:.4f} val_bpb:{rt_bpb:.4f} eval_time:2100ms",
-                  f"final_int8_zlib_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}"]
+                  f"Serialized model {export}: {total - code} bytes (payload:1 raw_torch:1 payload_ratio:3.91x)",
+                  f"Total submission size {export}: {total} bytes",
+                  f"final_{export.replace('+', '_')}_roundtrip val_loss:{rt_loss:.4f} val_bpb:{rt_bpb:.4f} "
+                  f"eval_time:2100ms",
+                  f"final_{export.replace('+', '_')}_roundtrip_exact val_loss:{rt_loss:.8f} val_bpb:{rt_bpb:.8f}"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -116,6 +117,14 @@ def test_submission_json_in_the_seed_shape(tmp_path, capsys):
                             "bytes_code"]
     assert record["val_bpb"] == pytest.approx(1.20) and record["bytes_total"] == 15_900_000
     assert record["val_loss"] == pytest.approx(1.20 * math.log(2) / TPB, abs=1e-7) and record["bytes_code"] == 50_000
+
+
+def test_logs_of_any_export_parse_alike(tmp_path):
+    for export in ("int8+zlib", "int6+lzma"):
+        write_log(tmp_path / f"{export}.txt", 1, 2.01, 1.19, total=15_000_000, export=export)
+        run = records.parse_log(tmp_path / f"{export}.txt")
+        assert run.state == "complete" and (run.roundtrip_val_loss, run.roundtrip_val_bpb) == (2.01, 1.19), export
+        assert (run.artifact_bytes, run.model_bytes, run.code_bytes) == (15_000_000, 14_950_000, 50_000), export
 
 
 def test_size_check(tmp_path, capsys):

@@ -3,6 +3,7 @@ Muon, the schedules, quantization and the model's parameter routing."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zlib
 from pathlib import Path
@@ -25,29 +26,38 @@ SPEC_DEFAULTS = dict(
     muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, beta1=0.9, beta2=0.95, adam_eps=1e-8,
     grad_clip_norm=0.0)
 
+# The switches of everything beyond the seed, at the values that give the seed's math.
+SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
+                     mlp_leaky_slope=0.0, rope_dims=0, ln_scale=False, xsa=False, muon_weight_decay=0.0,
+                     ema_horizon_frac=0.0, quant_bits=8, compressor="zlib")
+# Settings that do not change what is computed (or only matter when a switch above is on).
+NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas"}
+
 
 # ---- hyperparameters --------------------------------------------------------------------------
 
-def test_defaults_are_the_seed_recipe():
-    args = train_gpt.Hyperparameters({})
-    for name, value in SPEC_DEFAULTS.items():
-        assert getattr(args, name) == value, name
-        assert type(getattr(args, name)) is type(train_gpt.Hyperparameters.defaults()[name])
-    line = args.as_line()
+def test_every_setting_is_either_seed_math_or_not_math():
+    """A new variable must say what value gives the seed back; the README test below then checks it."""
+    defaults = train_gpt.Hyperparameters.defaults()
+    assert set(defaults) == set(SPEC_DEFAULTS) | set(SEED_SWITCHES) | NOT_MATH
+    for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
+        assert isinstance(value, type(defaults[name])) or type(defaults[name]) is float, name
+    line = train_gpt.Hyperparameters({}).as_line()
     assert line.startswith("hyperparameters: ") and "\n" not in line
     assert all(f" {name}=" in line for name in train_gpt.Hyperparameters.defaults())
 
 
 def test_readme_seed_environment_selects_the_seed_math():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = readme.split("### Reproducing the seed recipe exactly")[1].split("```bash\n")[1].splitlines()[0]
+    line = readme.split("### Reproducing the seed recipe exactly")[1].split("```bash\n")[1].split("```")[0]
+    line = line.replace("\\\n", " ")  # one command, possibly continued over several lines
     env = dict(word.split("=", 1) for word in line.split() if "=" in word and word[0].isupper())
     args = train_gpt.Hyperparameters(env)
-    for name, value in SPEC_DEFAULTS.items():
+    for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
-    assert (args.sdpa_backend, args.warmdown_frac, args.muon_momentum_warmup_frac, args.eval_stride) == ("flash", 0, 0, 0)
     model = train_gpt.build_model(args, torch.device("cpu"))
-    assert not any(block.attn.expand_kv for block in model.blocks)
+    assert not any(block.attn.expand_kv or block.attn.xsa or block.norm_scale != 1.0 for block in model.blocks)
+    assert model.rope_dims == args.model_dim // args.num_heads and model.blocks[0].mlp.leaky_slope == 0
 
 
 def test_environment_overrides_and_types():
@@ -152,7 +162,37 @@ def test_muon_step_is_nesterov_momentum_then_orthogonalized_update():
     torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-6)
 
 
+def test_muon_weight_decay_is_decoupled_and_follows_the_scheduled_lr():
+    torch.manual_seed(0)
+    start, g = torch.randn(32, 32), torch.randn(32, 32)
+    plain, decayed = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    m_plain = train_gpt.Muon([plain], lr=0.1, momentum=0.9, backend_steps=5)
+    m_decay = train_gpt.Muon([decayed], lr=0.1, momentum=0.9, backend_steps=5, weight_decay=0.5)
+    m_decay.param_groups[0]["lr"] = m_plain.param_groups[0]["lr"] = 0.05  # as the schedule sets it
+    for p, opt in ((plain, m_plain), (decayed, m_decay)):
+        p.grad = g.clone()
+        opt.step()
+    update = plain.detach() - start
+    torch.testing.assert_close(decayed.detach(), start * (1 - 0.05 * 0.5) + update, rtol=0, atol=1e-6)
+
+
 # ---- schedules --------------------------------------------------------------------------------
+
+def test_weight_average_horizon_is_a_budget_fraction():
+    """Ten steps of 1% and a hundred steps of 0.1% of the budget leave the starting weights the
+    same share, exp(-0.1 / horizon), of the average."""
+    for n_steps in (10, 100):
+        model = torch.nn.Linear(3, 2, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        average = train_gpt.WeightAverage(model, horizon_frac=0.05)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        for i in range(1, n_steps + 1):
+            average.update(i * 0.1 / n_steps)
+        assert average.average[0].mean().item() == pytest.approx(1 - np.exp(-0.1 / 0.05), rel=1e-5)
+        average.copy_to_model(distributed=False)
+        assert model.weight.mean().item() == pytest.approx(1 - np.exp(-2.0), rel=1e-5)
+
 
 @pytest.mark.parametrize("step, expected", [(0, 1.0), (79, 1.0), (80, 1.0), (90, 0.5), (99, 0.05), (100, 0.0)])
 def test_lr_multiplier_without_cap_decays_over_the_last_iterations(step, expected):
@@ -249,15 +289,101 @@ def test_model_round_trips_through_an_artifact_file(tmp_path):
     path = tmp_path / "m.int8.ptz"
     path.write_bytes(train_gpt.serialize_artifact(train_gpt.quantize_state_dict(model.state_dict())[0])[0])
     fresh = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SEED="2")), torch.device("cpu"))
-    train_gpt.load_weights(fresh, train_gpt.load_artifact(str(path)), str(path))
+    train_gpt.load_weights(fresh, train_gpt.load_artifact(str(path))[0], str(path))
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert a.dtype == b.dtype and (a.float() - b.float()).abs().max() <= 1 / 127, name
     wider = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, MLP_MULT="3")), torch.device("cpu"))
     with pytest.raises(train_gpt.ConfigError, match="has shape"):
-        train_gpt.load_weights(wider, train_gpt.load_artifact(str(path)), str(path))
+        train_gpt.load_weights(wider, train_gpt.load_artifact(str(path))[0], str(path))
+
+
+def export_state() -> dict[str, torch.Tensor]:
+    """A small state with one tensor of each export path: the tied embedding, block matrices
+    (fp32 and bf16), a matrix small enough to stay fp16, a control tensor and a big vector."""
+    torch.manual_seed(0)
+    return {"tok_emb.weight": torch.randn(512, 160) * 0.02, "blocks.0.mlp.fc.weight": torch.randn(480, 160) * 0.05,
+            "blocks.0.mlp.proj.weight": (torch.randn(160, 480) * 0.05).bfloat16(),
+            "blocks.0.attn.c_q.weight": torch.randn(160, 160), "blocks.0.attn_scale": torch.randn(160),
+            "vector_big": torch.randn(70_000)}
+
+
+def test_seed_export_bytes_are_unchanged(tmp_path):
+    """QUANT_BITS=8 with zlib writes what the seed's export wrote: this digest was recorded with the
+    export as it was before intN existed (torch 2.13, zlib 1.2.13)."""
+    obj = train_gpt.quantize_state_dict(export_state(), bits=8, clip_sigmas=1.0)[0]  # sigmas: only below 8 bits
+    blob = train_gpt.serialize_artifact(obj, "zlib")[0]
+    assert hashlib.sha256(blob).hexdigest() == "6e8393407b09acb50533ab0d5a82c7c3a36e0c6e41aef166dec050ac5d5de44d"
+    (tmp_path / "seed.int8.ptz").write_bytes(blob)
+    assert train_gpt.load_artifact(str(tmp_path / "seed.int8.ptz"))[1:] == (8, "zlib")
+
+
+@pytest.mark.parametrize("bits, sigmas", [(6, 12.85), (5, 2.0), (7, 3.0)])
+def test_intn_rows_clip_at_sigmas_and_round_within_half_a_step(bits, sigmas):
+    state, levels = export_state(), 2 ** (bits - 1) - 1
+    state["blocks.0.mlp.fc.weight"][5] = 0.0
+    obj = train_gpt.quantize_state_dict(state, bits=bits, clip_sigmas=sigmas)[0]
+    back = train_gpt.dequantize_state_dict(obj)
+    for name in ("blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"):
+        t, q, scale16 = state[name].float(), obj["quantized"][name], obj["scales"][name].float()
+        assert obj["qmeta"][name] == dict(scheme="per_row", axis=0, bits=bits) and q.dtype == torch.int8
+        assert q.abs().max() <= levels and back[name].dtype == state[name].dtype
+        clip = sigmas * torch.from_numpy(t.double().numpy().std(axis=1)).float()  # population std
+        scale32 = clip / levels
+        rows = clip > 0
+        assert torch.allclose(scale16[rows], scale32[rows], rtol=1e-3)  # an unbiased std would be 0.3% off
+        clipped = torch.maximum(torch.minimum(t, clip[:, None]), -clip[:, None])
+        bound = (scale16 / 2 + levels * (scale16 - scale32).abs() + 1e-7)[:, None]
+        if state[name].dtype == torch.bfloat16:
+            bound = bound + back[name].float().abs() * 2 ** -8
+        assert ((back[name].float() - clipped).abs() <= bound)[rows].all(), name
+        assert (q[rows][t[rows].abs() >= clip[rows, None]].abs() == levels).all(), "beyond the clip: the last level"
+        if sigmas < 3.5:
+            assert (q.abs() == levels).any(), "a clip inside the rows' range uses the outer levels"
+    fc = "blocks.0.mlp.fc.weight"
+    assert obj["scales"][fc][5] > 0 and not obj["quantized"][fc][5].any() and not back[fc][5].any(), "zero row"
+    # A row so small that its fp16 scale (1.4 subnormal steps) rounds down to one step keeps to the levels.
+    tiny = 1.4 * 2 ** -24 * levels
+    q, scale = train_gpt.quantize_rows_sd(torch.tensor([[tiny, -tiny] * 4]), bits, clip_sigmas=1.0)
+    assert scale.item() == 2 ** -24 and q.abs().max() == levels
+    # The tied embedding keeps the seed's int8 quantile path; the rest is exported as at 8 bits.
+    q8, scale8 = train_gpt.quantize_tensor(state["tok_emb.weight"])
+    assert torch.equal(obj["quantized"]["tok_emb.weight"], q8) and torch.equal(obj["scales"]["tok_emb.weight"], scale8)
+    assert obj["qmeta"]["tok_emb.weight"] == dict(scheme="per_row", axis=0)
+    seed = train_gpt.quantize_state_dict(state)[0]
+    assert torch.equal(obj["quantized"]["vector_big"], seed["quantized"]["vector_big"])
+    assert obj["passthrough"].keys() == seed["passthrough"].keys() == {"blocks.0.attn.c_q.weight",
+                                                                       "blocks.0.attn_scale"}
+
+
+def test_lzma_and_zlib_artifacts_load_alike_and_say_how_they_were_made(tmp_path):
+    obj = train_gpt.quantize_state_dict(export_state(), bits=6)[0]
+    loaded = {}
+    for compressor, magic in (("zlib", b"\x78"), ("lzma", b"\xfd7zXZ\x00")):
+        blob, raw_bytes = train_gpt.serialize_artifact(obj, compressor)
+        assert blob.startswith(magic)
+        path = tmp_path / f"{compressor}.int6.ptz"
+        path.write_bytes(blob)
+        state, bits, found = train_gpt.load_artifact(str(path))
+        assert (bits, found) == (6, compressor)
+        loaded[compressor] = state, len(blob), raw_bytes
+    (a, zlib_bytes, raw_a), (b, lzma_bytes, raw_b) = loaded["zlib"], loaded["lzma"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], v) for k, v in train_gpt.dequantize_state_dict(obj).items())
+    assert raw_a == raw_b and lzma_bytes < zlib_bytes
+
+
+def test_export_names_follow_the_settings():
+    seed = train_gpt.Hyperparameters(dict(QUANT_BITS="8", COMPRESSOR="zlib"))
+    int6 = train_gpt.Hyperparameters(dict(QUANT_BITS="6", COMPRESSOR="lzma"))
+    assert train_gpt.export_label(seed) == "int8+zlib" and train_gpt.export_label(int6) == "int6+lzma"
+    assert train_gpt.run_paths("r", 8)["artifact"] == Path("artifacts") / "r_model.int8.ptz"
+    assert train_gpt.run_paths("r", 6)["artifact"] == Path("artifacts") / "r_model.int6.ptz"
 
 
 # ---- the model --------------------------------------------------------------------------------
+
+# Every model switch beyond the seed, on.
+BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", ROPE_DIMS="8", LN_SCALE="1", XSA="1")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
     args = train_gpt.Hyperparameters({})
@@ -286,10 +412,45 @@ def test_rotary_angles_are_float32_and_positions_exact():
     torch.testing.assert_close(rotated.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
 
 
+def test_partial_rotary_rotates_only_the_first_dimensions():
+    cos, sin = train_gpt.rotary_tables(64, 16, 10000.0, torch.device("cpu"))
+    x = torch.randn(2, 3, 64, 48)
+    rotated = train_gpt.apply_rotary(x, cos, sin)
+    assert torch.equal(rotated[..., 16:], x[..., 16:])
+    torch.testing.assert_close(rotated[..., :16].norm(dim=-1), x[..., :16].norm(dim=-1))
+    # the 16 rotated dimensions are exactly a full rotary of a 16-dimensional head
+    torch.testing.assert_close(rotated[..., :16], train_gpt.apply_rotary(x[..., :16].contiguous(), cos, sin))
+    assert not torch.allclose(rotated[..., 1:, :16], x[..., 1:, :16])
+
+
+def test_exclusive_self_attention_removes_the_own_value_direction():
+    torch.manual_seed(0)
+    y, v = torch.randn(2, 6, 10, 8), torch.randn(2, 3, 10, 8)  # 6 query heads read 3 KV heads
+    out = train_gpt.exclude_own_value(y, v)
+    v_for_head = v.repeat_interleave(2, dim=1)  # query head h reads KV head h // 2
+    assert (out * v_for_head).sum(-1).abs().max() < 1e-5, "nothing left along the own value"
+    v_dir = torch.nn.functional.normalize(v_for_head, dim=-1)
+    torch.testing.assert_close(out, y - (y * v_dir).sum(-1, keepdim=True) * v_dir)
+    torch.testing.assert_close(train_gpt.exclude_own_value(y, v_for_head), out)  # cuDNN's expanded layout
+
+
+def test_seed_switches_compute_the_seed_block():
+    torch.manual_seed(0)
+    x, mlp = torch.randn(4, 16), train_gpt.MLP(16, 2, 0.0)
+    torch.nn.init.normal_(mlp.proj.weight)
+    assert torch.equal(mlp(x), mlp.proj(mlp.fc(x).relu().square()))  # slope 0 is the seed's relu^2
+    mlp.leaky_slope = 0.5
+    h = mlp.fc(x)
+    torch.testing.assert_close(mlp(x), mlp.proj(torch.where(h > 0, h, 0.5 * h).square()))
+    args = train_gpt.Hyperparameters(dict(LN_SCALE="1", NUM_LAYERS="4"))
+    assert [b.norm_scale for b in train_gpt.GPT(args).blocks] == pytest.approx([1, 2 ** -0.5, 3 ** -0.5, 0.5])
+
+
 def test_model_and_newton_schulz_trace_as_single_graphs():
     """The GPU run compiles with fullgraph=True; a graph break would only show up there. The
     eager backend traces with dynamo alone, so this costs seconds on the CPU."""
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
+               **BEYOND_SEED_MODEL)
     model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
     compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
     x = torch.randint(0, 512, (2, 32))
@@ -331,8 +492,9 @@ def test_batched_muon_matches_one_matrix_at_a_time(monkeypatch):
     assert sorted(covered) == list(range(len(shapes)))
 
 
-def test_cudnn_layout_computes_the_same_attention():
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
+@pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])
+def test_cudnn_layout_computes_the_same_attention(features):
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
     native = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="flash")), torch.device("cpu"))
     expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
     assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv

@@ -63,6 +63,7 @@ class RunSummary:
 
 
 NUM = r"(\d+(?:\.\d+)?)"
+EXPORT = r"int\d+\+[a-z]+"  # what the export did: int8+zlib (the seed), int6+lzma, ...
 PATTERNS = {
     "hyper": re.compile(r"^hyperparameters: .*\brun_id=(\S*)"),
     "seed": re.compile(r"^seed:(\d+)$"),
@@ -73,11 +74,11 @@ PATTERNS = {
     "val": re.compile(rf"^step:(\d+)/(\d+) val_loss:{NUM} val_bpb:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
     "peak": re.compile(r"^peak memory allocated: (\d+) MiB"),
     "code": re.compile(r"^Code size: (\d+) bytes$"),
-    "model": re.compile(r"^Serialized model int8\+zlib: (\d+) bytes"),
-    "total": re.compile(r"^Total submission size int8\+zlib: (\d+) bytes$"),
+    "model": re.compile(rf"^Serialized model {EXPORT}: (\d+) bytes"),
+    "total": re.compile(rf"^Total submission size {EXPORT}: (\d+) bytes$"),
     "eval_only": re.compile(r"^eval_artifact:"),
-    "roundtrip": re.compile(rf"^final_int8_zlib_roundtrip val_loss:{NUM} val_bpb:{NUM} eval_time:{NUM}ms$"),
-    "exact": re.compile(rf"^final_int8_zlib_roundtrip_exact val_loss:{NUM} val_bpb:{NUM}$"),
+    "roundtrip": re.compile(rf"^final_int\d+_[a-z]+_roundtrip val_loss:{NUM} val_bpb:{NUM} eval_time:{NUM}ms$"),
+    "exact": re.compile(rf"^final_int\d+_[a-z]+_roundtrip_exact val_loss:{NUM} val_bpb:{NUM}$"),
 }
 
 
@@ -251,7 +252,7 @@ def cmd_ttest(args) -> int:
 def cmd_submission(args) -> int:
     runs = complete_runs(args.logs)
     if any(r.artifact_bytes is None or r.code_bytes is None for r in runs):
-        raise SystemExit("error: a log lacks its size lines (Code size / Total submission size int8+zlib)")
+        raise SystemExit("error: a log lacks its size lines (Code size / Total submission size int<bits>+<compressor>)")
     record = dict(author=args.author, github_id=args.github_id, name=args.name, blurb=args.blurb,
                   date=args.date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   val_loss=round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8),
@@ -265,7 +266,7 @@ def cmd_size(args) -> int:
     if args.log:
         run = parse_log(args.log)
         if run.artifact_bytes is None:
-            raise SystemExit(f"error: {args.log} has no 'Total submission size int8+zlib' line")
+            raise SystemExit(f"error: {args.log} has no 'Total submission size int<bits>+<compressor>' line")
         code, model, total = run.code_bytes, run.model_bytes, run.artifact_bytes
     else:
         if not (args.code and args.model):
