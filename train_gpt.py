@@ -2,7 +2,7 @@
 
 Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it as
 int8+zlib, and scores the round-tripped artifact in bits per byte (val_bpb) on the full
-validation split. Every knob is an environment variable (see Hyperparameters). Runs under
+validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters). Runs under
 `torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`,
 on CUDA or, for tiny configurations, on the CPU.
 """
@@ -317,7 +317,8 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 # A GPT with a U-Net of skips (the first half's outputs feed the second half in reverse), a
 # learned mix of each block's input with the embedding (resid_mix), QK-norm, RoPE, a learned
 # per-head query gain, grouped KV heads, relu^2 MLPs, a tied embedding and a tanh logit cap.
-# Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul.
+# Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul. Later records'
+# variants (partial RoPE, XSA, leaky relu^2, layer scales) are switches, off unless measured to help.
 # -----------------------------------------------------------------------------
 
 # Small per-channel parameters that gate the residual stream: Adam, fp32, kept in fp32 at export.
@@ -489,7 +490,8 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 # Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the
 # blocks: Nesterov momentum, then the update is orthogonalized by a quintic Newton-Schulz
 # iteration. Adam for the embedding and the small control tensors. The learning rate is flat,
-# then decays linearly to zero over the last WARMDOWN_ITERS steps, measured in wallclock time.
+# then decays linearly to zero over the last WARMDOWN_FRAC of the wallclock budget (the seed:
+# the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
 # -----------------------------------------------------------------------------
 
 def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
