@@ -774,11 +774,11 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 # -----------------------------------------------------------------------------
 # EVALUATION
 # The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous
-# range of windows, and loss and byte sums are float64, summed over ranks before dividing. By
-# default the windows do not overlap (the seed's evaluation). With EVAL_STRIDE=s they start every
-# s tokens and each scores only its last s targets, so every target still counts exactly once but
-# sees at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split
-# and scores only what no window scored before.
+# range of windows, and per-token losses and bytes are summed in float64, over ranks, before
+# dividing. Validation during training uses non-overlapping windows (the seed's evaluation). The
+# final score, with EVAL_STRIDE=s, starts a window every s tokens and each scores only its last s
+# targets, so every target still counts exactly once but sees at least TRAIN_SEQ_LEN - s tokens of
+# context; the last window ends at the end of the split and scores only what no window scored before.
 # -----------------------------------------------------------------------------
 
 def window_ends(n_targets: int, seq_len: int, stride: int) -> list[int]:
@@ -798,19 +798,18 @@ def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables
     model.eval()
     with torch.inference_mode():
         for b in range(first, last, batch_seqs):
-            batch = range(b, min(b + batch_seqs, last))
-            windows = np.stack([val_tokens[ends[k] - seq_len: ends[k] + 1] for k in batch])  # (B, seq_len + 1)
+            batch = list(range(b, min(b + batch_seqs, last)))
+            # A short last batch is filled up with copies of its first window, scored nowhere: every
+            # batch has one shape, so the compiled model needs one graph for all of validation.
+            rows = batch + [batch[0]] * (batch_seqs - len(batch))
+            windows = np.stack([val_tokens[ends[k] - seq_len: ends[k] + 1] for k in rows])  # (B, seq_len + 1)
             chunk = torch.from_numpy(windows.astype(np.int64)).to(device)
             x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-            # Offset of the first target this window scores: 0 unless an earlier window scored it.
+            # Offset of the first target each window scores: 0 unless an earlier window scored it.
             skip = [max((ends[k - 1] if k else 0) - (ends[k] - seq_len), 0) for k in batch]
-            whole = not any(skip)
+            skip += [seq_len] * (len(rows) - len(batch))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                losses = model(x, y, reduction="mean" if whole else "none").detach()
-            if whole:  # the seed's sum: each batch's mean loss times its token count
-                sums += torch.stack([losses.double() * y.numel(), torch.tensor(y.numel(), dtype=torch.float64,
-                                     device=device), tables.count(x, y).double().sum()])
-                continue
+                losses = model(x, y, reduction="none").detach()
             scored = torch.arange(seq_len, device=device)[None, :] >= torch.tensor(skip, device=device)[:, None]
             sums += torch.stack([(losses.double() * scored).sum(), scored.sum().double(),
                                  (tables.count(x, y).double() * scored).sum()])

@@ -154,6 +154,18 @@ def plain_sliding_loss(model, tokens: np.ndarray, seq_len: int, stride: int) -> 
     return total
 
 
+@pytest.mark.parametrize("stride", [0, 12])
+def test_batch_size_changes_nothing_but_the_batching(trained_looking_model, dataset, sp, stride):
+    """Short last batches are padded with windows that must count nowhere."""
+    _, val_files = train_gpt.find_shards(str(dataset))
+    tokens = train_gpt.load_validation_tokens(val_files, 32, VOCAB_SIZE)[: 32 * 11 + 1]
+    tables, cpu = train_gpt.build_byte_tables(sp, VOCAB_SIZE), torch.device("cpu")
+    one, seven = (train_gpt.validation_sums(trained_looking_model, tokens, tables, 32, b, 0, 1, cpu, stride)
+                  for b in (1, 7))
+    assert one[1] == seven[1] == tokens.size - 1 and one[2] == seven[2]
+    assert float(seven[0]) == pytest.approx(float(one[0]), rel=1e-5)
+
+
 @pytest.mark.parametrize("world_size", [1, 3])
 def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, dataset, sp, world_size):
     seq_len, stride = 32, 12
