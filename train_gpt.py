@@ -694,6 +694,8 @@ def quantize_state_dict(state: dict[str, Tensor], bits: int = 8,
                         clip_sigmas: float = Hyperparameters.quant_clip_sigmas) -> tuple[dict, dict[str, int]]:
     obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
                qmeta={}, passthrough_orig_dtypes={})
+    if bits < 8:  # said once for the whole artifact, even if no matrix is big enough to use it
+        obj["bits"] = bits
     stats = dict(tensor_bytes=0, payload_bytes=0)
     for name, t in state.items():
         t = t.detach().cpu().contiguous()
@@ -755,7 +757,7 @@ def load_artifact(path: str) -> tuple[dict[str, Tensor], int, str]:
         raise ConfigError(f"cannot read artifact {path} ({first_line(e)}); "
                           f"point EVAL_ARTIFACT at a .ptz a run wrote") from None
     state = dequantize_state_dict(obj)
-    return state, min((m.get("bits", 8) for m in obj["qmeta"].values()), default=8), compressor
+    return state, obj.get("bits", 8), compressor
 
 
 def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
@@ -776,9 +778,10 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 # The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous
 # range of windows, and per-token losses and bytes are summed in float64, over ranks, before
 # dividing. Validation during training uses non-overlapping windows (the seed's evaluation). The
-# final score, with EVAL_STRIDE=s, starts a window every s tokens and each scores only its last s
-# targets, so every target still counts exactly once but sees at least TRAIN_SEQ_LEN - s tokens of
-# context; the last window ends at the end of the split and scores only what no window scored before.
+# final score, with EVAL_STRIDE=s, starts a window every s tokens and each later window scores only
+# its last s targets, so every target still counts exactly once and, after the first window, sees at
+# least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and scores
+# only what no window scored before.
 # -----------------------------------------------------------------------------
 
 def window_ends(n_targets: int, seq_len: int, stride: int) -> list[int]:
@@ -922,6 +925,8 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     if args.val_batch_size < per_micro_step:
         raise ConfigError(f"VAL_BATCH_SIZE={args.val_batch_size} gives each rank less than one sequence; "
                           f"set it to at least {per_micro_step}")
+    if args.eval_artifact:  # the artifact says how it was exported
+        return
     if not 5 <= args.quant_bits <= 8:
         raise ConfigError(f"QUANT_BITS={args.quant_bits} must be in 5..8 (8: the seed's int8)")
     if not args.quant_clip_sigmas > 0:
@@ -1065,7 +1070,8 @@ def report_roundtrip(run: Run, evaluate) -> None:
         val_loss, val_bpb = evaluate(0)
         run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
-        run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride}")
+        run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
+                f"(after the first window)")
     run.sync()
     t0 = time.perf_counter()
     val_loss, val_bpb = evaluate(stride)

@@ -22,6 +22,7 @@ data/verify.py checks a folder against it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import queue
@@ -241,8 +242,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"training a {args.vocab_size}-piece tokenizer", file=sys.stderr)
         # Trained under a temporary name, then renamed: no half-written tokenizer under the real one.
         tmp_prefix = args.train_tokenizer.with_name(f".{args.train_tokenizer.name}.tmp-{os.getpid()}")
-        trained = train_tokenizer(training_documents(args.inputs, args.val_docs, args.tokenizer_docs,
-                                                     args.holdout_docs or 0), args.vocab_size, tmp_prefix)
+        docs = training_documents(args.inputs, args.val_docs, args.tokenizer_docs, args.holdout_docs or 0)
+        first = next(docs, None)
+        if first is None:  # SentencePiece would stop with a traceback
+            p.error(f"no training documents to train the tokenizer on: the inputs hold no more than --val-docs "
+                    f"{args.val_docs} + --holdout-docs {args.holdout_docs or 0} documents")
+        trained = train_tokenizer(itertools.chain([first], docs), args.vocab_size, tmp_prefix)
         os.replace(trained, model_path)
         os.replace(f"{tmp_prefix}.vocab", vocab_path)
     else:

@@ -275,6 +275,15 @@ def test_holdout_flag_errors(tmp_path, corpus, tokenizer_path, capsys, extra, me
     assert message in error, error
 
 
+def test_training_a_tokenizer_without_training_documents_is_a_one_line_error(tmp_path, corpus, capsys):
+    with pytest.raises(SystemExit) as e:
+        build.main([str(corpus), "--out", str(tmp_path / "main"), "--train-tokenizer", str(tmp_path / "tok"),
+                    "--vocab-size", "512", "--val-docs", "40", "--holdout-docs", "1160", "--holdout-out",
+                    str(tmp_path / "held"), "--quiet"])
+    assert e.value.code == 2
+    assert "no training documents to train the tokenizer on" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_holdout_may_leave_a_single_training_document(tmp_path, corpus, tokenizer_path, sp):
     n_docs = len(corpus.read_text().splitlines())
     build.main([str(corpus), "--out", str(tmp_path / "main"), "--tokenizer", str(tokenizer_path), "--val-docs",

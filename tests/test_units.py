@@ -194,6 +194,17 @@ def test_weight_average_horizon_is_a_budget_fraction():
         assert model.weight.mean().item() == pytest.approx(1 - np.exp(-2.0), rel=1e-5)
 
 
+def test_weight_average_copy_back_takes_rank_0s_average(monkeypatch):
+    """Ranks time their steps apart, so their averages differ; every rank must end with rank 0's."""
+    model = torch.nn.Linear(3, 2)
+    average = train_gpt.WeightAverage(model, horizon_frac=0.05)
+    sent = []
+    monkeypatch.setattr(train_gpt.dist, "broadcast", lambda t, src: (sent.append((t, src)), t.fill_(7.0)))
+    average.copy_to_model(distributed=True)
+    assert [src for _, src in sent] == [0, 0] and all(t is a for (t, _), a in zip(sent, average.average))
+    assert all((p == 7.0).all() for p in model.parameters()), "the weights are the broadcast values"
+
+
 @pytest.mark.parametrize("step, expected", [(0, 1.0), (79, 1.0), (80, 1.0), (90, 0.5), (99, 0.05), (100, 0.0)])
 def test_lr_multiplier_without_cap_decays_over_the_last_iterations(step, expected):
     assert train_gpt.lr_multiplier(step, 0.0, 100, 20, None) == pytest.approx(expected)
@@ -370,6 +381,13 @@ def test_lzma_and_zlib_artifacts_load_alike_and_say_how_they_were_made(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], v) for k, v in train_gpt.dequantize_state_dict(obj).items())
     assert raw_a == raw_b and lzma_bytes < zlib_bytes
+
+
+def test_an_artifact_says_its_bit_width_even_without_big_matrices(tmp_path):
+    small = {"w": torch.randn(64, 64), "v": torch.randn(64)}  # nothing above KEEP_FLOAT_MAX_NUMEL
+    path = tmp_path / "small.int6.ptz"
+    path.write_bytes(train_gpt.serialize_artifact(train_gpt.quantize_state_dict(small, bits=6)[0], "lzma")[0])
+    assert train_gpt.load_artifact(str(path))[1:] == (6, "lzma")
 
 
 def test_export_names_follow_the_settings():
