@@ -2,9 +2,9 @@
 
 Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it as
 int8+zlib, and scores the round-tripped artifact in bits per byte (val_bpb) on the full
-validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters). Runs under
-`torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`,
-on CUDA or, for tiny configurations, on the CPU.
+validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters).
+Runs under `torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain
+`python3`, on CUDA or, for tiny configurations, on the CPU.
 """
 
 from __future__ import annotations
@@ -1063,22 +1063,22 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -
 def report_roundtrip(run: Run, evaluate) -> None:
     """The score of record: the rebuilt model on the whole split, in sliding windows if
     EVAL_STRIDE is set."""
-    stride = run.args.eval_stride if run.args.eval_stride < run.args.train_seq_len else 0
-    if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
+    def timed(stride: int) -> tuple[float, float, float]:
         run.sync()
         t0 = time.perf_counter()
-        val_loss, val_bpb = evaluate(0)
-        run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
+        val_loss, val_bpb = evaluate(stride)
+        run.sync()
+        return val_loss, val_bpb, 1000.0 * (time.perf_counter() - t0)
+
+    stride = run.args.eval_stride if run.args.eval_stride < run.args.train_seq_len else 0
+    if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
+        val_loss, val_bpb, ms = timed(0)
+        run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
         run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
                 f"(after the first window)")
-    run.sync()
-    t0 = time.perf_counter()
-    val_loss, val_bpb = evaluate(stride)
-    run.sync()
+    val_loss, val_bpb, ms = timed(stride)
     name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
-    run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-            f"eval_time:{1000.0 * (time.perf_counter() - t0):.0f}ms")
+    run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
     run.log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
 
 
