@@ -250,6 +250,8 @@ class DistributedTokenLoader:
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span: (self.rank + 1) * span].astype(np.int64))
+        if self.device.type == "cuda":  # a copy from pageable memory would first wait for the GPU to drain
+            local = local.pin_memory()
         x = local[:-1].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
         y = local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -511,9 +513,10 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Ten
 
 
 class Muon(torch.optim.Optimizer):
-    """Each rank orthogonalizes every world_size-th matrix, stacking those of one shape into a
-    single batched Newton-Schulz call (one launch sequence instead of one per matrix); one
-    all-reduce of a flat bf16 buffer then gives every rank every update."""
+    """Matrices of one shape are orthogonalized together, in one batched Newton-Schulz call (one
+    launch sequence instead of one per matrix). With several ranks each rank takes a contiguous
+    share of every shape's matrices and an all-gather hands every rank every update. Momentum and
+    the update use foreach kernels: one launch for all matrices of a shape, not one per matrix."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
                  world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0):
@@ -521,35 +524,36 @@ class Muon(torch.optim.Optimizer):
                                       weight_decay=weight_decay))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
 
+    def _own_updates(self, mine: list[Tensor], share: int, like: Tensor, momentum: float, steps: int) -> Tensor:
+        """This rank's orthogonalized Nesterov updates (bf16), zero-padded to share matrices."""
+        padding = like.new_zeros(share - len(mine), *like.shape, dtype=torch.bfloat16)
+        if not mine:
+            return padding
+        grads = [p.grad for p in mine]
+        bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad)) for p in mine]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        u = self.orthogonalize(torch.stack(torch._foreach_add(grads, bufs, alpha=momentum)), steps=steps)
+        u = u * max(1.0, like.size(0) / like.size(1)) ** 0.5
+        return torch.cat((u, padding)) if len(padding) else u
+
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, momentum = group["params"], group["momentum"]
-            offsets = [0]
-            for p in params:
-                offsets.append(offsets[-1] + p.numel())
-            updates = torch.zeros(offsets[-1], device=params[0].device, dtype=torch.bfloat16)
-            by_shape: dict[torch.Size, list[tuple[int, Tensor]]] = {}
-            for i, p in enumerate(params):
-                if i % self.world_size != self.rank or p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.mul_(momentum).add_(p.grad)
-                by_shape.setdefault(p.shape, []).append((i, p.grad.add(buf, alpha=momentum)))  # Nesterov
-            for shape, items in by_shape.items():
-                u = self.orthogonalize(torch.stack([g for _, g in items]), steps=group["backend_steps"])
-                u = u * max(1.0, shape[0] / shape[1]) ** 0.5
-                for (i, _), u_i in zip(items, u):
-                    updates[offsets[i]: offsets[i + 1]] = u_i.flatten()
-            if self.world_size > 1:
-                dist.all_reduce(updates, op=dist.ReduceOp.SUM)
-            for i, p in enumerate(params):
+            by_shape: dict[torch.Size, list[Tensor]] = {}
+            for p in group["params"]:
+                by_shape.setdefault(p.shape, []).append(p)
+            for params in by_shape.values():
+                share = -(-len(params) // self.world_size)
+                mine = params[self.rank * share: (self.rank + 1) * share]
+                u = self._own_updates(mine, share, params[0], group["momentum"], group["backend_steps"])
+                if self.world_size > 1:
+                    gathered = u.new_empty(share * self.world_size, *u.shape[1:])
+                    dist.all_gather(list(gathered.chunk(self.world_size)), u)
+                    u = gathered
                 if group["weight_decay"]:  # decoupled, at the scheduled lr: small weights quantize and compress better
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(updates[offsets[i]: offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
+                    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                torch._foreach_add_(params, list(u[: len(params)].to(params[0].dtype).unbind(0)), alpha=-group["lr"])
 
 
 def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: int,

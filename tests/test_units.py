@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 import shards
 import train_gpt
@@ -482,7 +483,7 @@ def test_model_and_newton_schulz_trace_as_single_graphs():
     torch.testing.assert_close(ns(torch.randn(64, 128), steps=5).float().norm(), torch.tensor(8.0), rtol=0.2, atol=0)
 
 
-def test_batched_muon_matches_one_matrix_at_a_time(monkeypatch):
+def test_batched_muon_matches_one_matrix_at_a_time():
     torch.manual_seed(1)
     shapes = [(64, 32), (32, 64), (64, 32), (48, 48), (32, 64), (48, 48), (64, 32)]
     params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
@@ -497,17 +498,36 @@ def test_batched_muon_matches_one_matrix_at_a_time(monkeypatch):
         u = (u * max(1.0, g.shape[0] / g.shape[1]) ** 0.5).bfloat16().float()
         # A batched bf16 matmul may round differently from a single one: within bf16 noise.
         torch.testing.assert_close(p.detach(), w0 - 0.05 * u, rtol=0, atol=0.05 * 0.02)
-    # Ranks split the matrices round-robin: together they cover each exactly once. (Without the
-    # all-reduce, each simulated rank applies only its own share.)
-    monkeypatch.setattr(train_gpt.dist, "all_reduce", lambda *args, **kwargs: None)
-    covered = []
-    for rank in range(3):
-        part = train_gpt.Muon([torch.nn.Parameter(w.clone()) for w in start], 0.05, 0.95, 5, rank, 3)
-        for p, g in zip(part.param_groups[0]["params"], grads):
-            p.grad = g.clone()
-        part.step()
-        covered += [i for i, (p, w0) in enumerate(zip(part.param_groups[0]["params"], start)) if not torch.equal(p, w0)]
-    assert sorted(covered) == list(range(len(shapes)))
+
+
+MUON_SHAPES = [(64, 32), (32, 64), (64, 32), (48, 48), (32, 64), (48, 48), (64, 32)]
+
+
+def muon_two_steps(rank: int, world_size: int, out_dir: str) -> None:
+    """Two Muon steps on fixed weights and gradients, as one rank of world_size (gloo)."""
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size)
+    torch.manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in MUON_SHAPES]
+    muon = train_gpt.Muon(params, 0.05, 0.95, 5, rank, world_size, weight_decay=0.1)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        muon.step()
+    torch.save([p.detach() for p in params], f"{out_dir}/rank{rank}.pt")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_muon_on_several_ranks_matches_one_rank(tmp_path, world_size):
+    # 7 matrices in 3 shapes over 3 ranks: shares of 1 or 2, padded, and one rank with none of a shape.
+    muon_two_steps(0, 1, str(tmp_path))
+    alone = torch.load(tmp_path / "rank0.pt")
+    torch.multiprocessing.spawn(muon_two_steps, args=(world_size, str(tmp_path)), nprocs=world_size)
+    for rank in range(world_size):  # every rank holds every updated matrix
+        for a, b in zip(alone, torch.load(tmp_path / f"rank{rank}.pt")):
+            torch.testing.assert_close(b, a, rtol=0, atol=0.05 * 0.02 * 2)  # bf16 noise of a batched matmul
 
 
 @pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])

@@ -1,0 +1,59 @@
+"""Re-export a run's trained weights with other export settings, without training again.
+
+    QUANT_BITS=6 QUANT_CLIP_SIGMAS=6 COMPRESSOR=lzma python3 tools/requantize.py \\
+        artifacts/RUN_model.pt artifacts/RUN_q6s6_model.int6.ptz
+    EVAL_ARTIFACT=artifacts/RUN_q6s6_model.int6.ptz EVAL_STRIDE=0 RUN_ID=RUN_q6s6 \\
+        torchrun --standalone --nproc_per_node=1 train_gpt.py      # its score
+
+Reads the raw weights a run saves beside its artifact (artifacts/<RUN_ID>_model.pt), quantizes and
+compresses them exactly as train_gpt.py's export does under QUANT_BITS, QUANT_CLIP_SIGMAS and
+COMPRESSOR, writes the artifact (never over an existing file) and prints one line:
+
+    requantize: int6+lzma clip_sigmas:6.0 model_bytes:11234567 code_bytes:68453 total_bytes:11303020 fits:True
+
+The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt as tg  # noqa: E402
+
+LIMIT_BYTES = 16_000_000  # decimal, code + compressed model
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise tg.ConfigError("usage: tools/requantize.py RAW_WEIGHTS.pt OUT.ptz (settings from QUANT_BITS, "
+                             "QUANT_CLIP_SIGMAS, COMPRESSOR)")
+    raw, out = Path(argv[0]), Path(argv[1])
+    if out.exists():
+        raise tg.ConfigError(f"{out} already exists; name another output file")
+    args = tg.Hyperparameters()
+    tg.check_shapes(args, world_size=1, grad_accum_steps=8)  # the export settings are checked there
+    try:
+        state = torch.load(raw, map_location="cpu")
+    except Exception as e:
+        raise tg.ConfigError(f"cannot read weights {raw} ({tg.first_line(e)}); point at the "
+                             f"artifacts/<RUN_ID>_model.pt a run wrote") from None
+    obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas)
+    blob, _ = tg.serialize_artifact(obj, args.compressor)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    code_bytes = len(Path(tg.__file__).read_bytes())
+    total = len(blob) + code_bytes
+    print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} model_bytes:{len(blob)} "
+          f"code_bytes:{code_bytes} total_bytes:{total} fits:{total <= LIMIT_BYTES} out:{out}", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except tg.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
