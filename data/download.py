@@ -3,9 +3,10 @@
     python3 data/download.py --variant sp1024 --train-shards 10
 
 fills ./data/datasets/fineweb10B_sp1024/ (the whole validation split and the first 10 training
-shards) and ./data/tokenizers/, the layout train_gpt.py's defaults expect. The data is the
-dataset repository willdepueoai/parameter-golf, folder datasets/, whose manifest.json lists each
-variant's shards and tokenizer. Shards are a prefix of one frozen shuffled export, so N shards
+shards) and ./data/tokenizers/, the layout train_gpt.py expects. sp1024 comes from the challenge's
+dataset repository willdepueoai/parameter-golf; sp4096 and sp8192 are not there, and come from
+kevclark/parameter-golf (the shards the SP4096/SP8192 records trained on). Each repository's
+folder datasets/ has a manifest.json that lists its variants' shards and tokenizers. Shards are a prefix of one frozen shuffled export, so N shards
 are the first N*100M training tokens every participant sees.
 
 Files already present and complete (a shard's header matches its size) are skipped. Each file is
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shards import ShardError, read_header  # noqa: E402
 
 DEFAULT_REPO = "willdepueoai/parameter-golf"
+VARIANT_REPOS = {"sp4096": "kevclark/parameter-golf", "sp8192": "kevclark/parameter-golf"}  # the rest: DEFAULT_REPO
 DEFAULT_REMOTE_ROOT = "datasets"
 DEFAULT_TRAIN_SHARDS = 80  # 8B tokens, more than 10 minutes on 8 GPUs can consume
 
@@ -43,6 +45,7 @@ class Hub:
     """Files of one dataset repository, fetched over HTTPS from the hub's resolve URLs."""
 
     def __init__(self, endpoint: str, repo: str, revision: str, remote_root: str, token: str | None):
+        self.repo = repo
         self.base = f"{endpoint.rstrip('/')}/datasets/{repo}/resolve/{urllib.parse.quote(revision, safe='')}"
         self.remote_root, self.token = remote_root.strip("/"), token
 
@@ -113,14 +116,17 @@ def plan(manifest: dict, variant: str, train_shards: int | None, data_dir: Path)
 
 def download(hub: Hub, variant: str, train_shards: int | None, data_dir: Path, workers: int) -> tuple[int, int]:
     """Returns (files downloaded, files already complete)."""
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        hub.fetch("manifest.json", manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        manifest_path.unlink()
-        raise DownloadError(f"{manifest_path} was not valid JSON and has been removed; run again") from None
+    manifest_path = data_dir / f"manifest.{hub.repo.replace('/', '--')}.json"  # one per repository
+    for attempt in range(2):  # a cached manifest that lacks the variant may be stale: fetch it once more
+        if attempt or not manifest_path.is_file():
+            hub.fetch("manifest.json", manifest_path)
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            manifest_path.unlink()
+            raise DownloadError(f"{manifest_path} was not valid JSON and has been removed; run again") from None
+        if any(d.get("name") == f"fineweb10B_{variant}" for d in manifest.get("datasets", [])):
+            break
     files = plan(manifest, variant, train_shards, data_dir)
     todo = [(rel, dest) for rel, dest in files if not is_complete(dest)]
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -141,14 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-shards", type=int, default=None,
                    help=f"download the first N training shards (default {DEFAULT_TRAIN_SHARDS}, or all if fewer)")
     p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent, help="where datasets/ go")
-    p.add_argument("--repo", default=DEFAULT_REPO)
+    p.add_argument("--repo", default=None, help=f"dataset repository (default: {DEFAULT_REPO}, or for "
+                   f"{', '.join(VARIANT_REPOS)} {', '.join(sorted(set(VARIANT_REPOS.values())))})")
     p.add_argument("--remote-root", default=DEFAULT_REMOTE_ROOT, help="folder of the repository holding manifest.json")
     p.add_argument("--revision", default="main")
     p.add_argument("--workers", type=int, default=4, help="parallel downloads")
     args = p.parse_args(argv)
     if args.train_shards is not None and args.train_shards < 0:
         p.error("--train-shards must be >= 0")
-    hub = Hub(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), args.repo, args.revision, args.remote_root,
+    repo = args.repo or VARIANT_REPOS.get(args.variant, DEFAULT_REPO)
+    hub = Hub(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), repo, args.revision, args.remote_root,
               os.environ.get("HF_TOKEN"))
     try:
         fetched, skipped = download(hub, args.variant, args.train_shards, args.data_dir, args.workers)

@@ -388,9 +388,9 @@ class Hub:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                prefix = "/datasets/willdepueoai/parameter-golf/resolve/main/"
                 hub.requests.append(self.path)
-                path = hub.root / self.path[len(prefix):] if self.path.startswith(prefix) else None
+                parts = self.path.split("/", 6)  # "", datasets, owner, name, resolve, main, file (any repo)
+                path = hub.root / parts[6] if len(parts) == 7 and parts[4:6] == ["resolve", "main"] else None
                 if path is None or not path.is_file():
                     self.send_error(404)
                     return
@@ -478,6 +478,25 @@ def test_download_replaces_a_damaged_local_shard(hub, tmp_path, dataset):
 def test_download_errors_are_one_line(hub, tmp_path, args, message):
     run = run_download(hub.endpoint, tmp_path / "local", *args)
     assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_each_variant_comes_from_its_repository(hub, tmp_path):
+    run_download(hub.endpoint, tmp_path / "local", "--variant", "sp8192")  # this hub has no sp8192
+    assert hub.requests[0] == "/datasets/kevclark/parameter-golf/resolve/main/datasets/manifest.json"
+    hub.requests.clear()
+    run_download(hub.endpoint, tmp_path / "local", "--variant", "sp8192", "--repo", "someone/else")
+    assert hub.requests[0].startswith("/datasets/someone/else/resolve/main/")
+
+
+def test_a_cached_manifest_without_the_variant_is_fetched_again(hub, tmp_path):
+    data_dir = tmp_path / "local"
+    assert run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1").returncode == 0
+    cached = data_dir / "manifest.willdepueoai--parameter-golf.json"
+    cached.write_text(json.dumps(dict(datasets=[], tokenizers=[])))  # stale: from before sp512 was published
+    hub.requests.clear()
+    run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1")
+    assert run.returncode == 0, run.stderr
+    assert hub.requests == ["/datasets/willdepueoai/parameter-golf/resolve/main/datasets/manifest.json"]
 
 
 def test_unreachable_hub_is_one_line_error(tmp_path):

@@ -51,6 +51,7 @@ def test_training_run_end_to_end(first_run):
     code_bytes = len((ROOT / "train_gpt.py").read_bytes())
     assert int(lines["serialized"][0][0]) == artifact.stat().st_size
     assert int(lines["total"][0][0]) == artifact.stat().st_size + code_bytes
+    assert f"\nartifact_limit:16000000 margin:{16_000_000 - int(lines['total'][0][0])} bytes\n" in log
     assert (cwd / "artifacts" / "first_model.pt").stat().st_size > artifact.stat().st_size
     assert lines["world"] == [("1", "8")] and lines["seed"] == [("1",)]
 

@@ -84,6 +84,13 @@ def test_tokenizer_that_is_not_a_model(monkeypatch, tmp_path, dataset):
     assert "is not a SentencePiece model" in msg
 
 
+def test_tokenizer_without_a_standalone_space_piece(monkeypatch, tmp_path, dataset, tokenizer_path):
+    # Stands in for a tokenizer whose vocabulary lacks "▁": the lookup falls back to <unk>.
+    monkeypatch.setattr(train_gpt.spm.SentencePieceProcessor, "piece_to_id", lambda self, piece: self.unk_id())
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path))
+    assert 'has no standalone "▁" piece' in msg
+
+
 def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tmp_path / "missing.model"))
     assert "TOKENIZER_PATH=" in msg and "does not exist" in msg

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_gpt
-from conftest import ROOT
+from conftest import ROOT, run_train, tiny_env
 
 sys.path.insert(0, str(ROOT / "tools"))
 import benchmark  # noqa: E402
@@ -20,12 +20,41 @@ import records  # noqa: E402
 
 
 def test_flops_per_token_counts_every_matrix_and_causal_attention():
-    args = train_gpt.Hyperparameters({})
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed configuration
     model = train_gpt.build_model(args, torch.device("cpu"))
     matrices = sum(p.numel() for n, p in model.blocks.named_parameters() if p.ndim == 2 and "resid_mix" not in n)
     matrices += model.tok_emb.weight.numel()  # the tied output layer
     attention = 6 * args.num_layers * args.train_seq_len * args.model_dim
     assert benchmark.flops_per_token(args) == 6 * matrices + attention == 215_482_368
+
+
+def requantize(cwd, raw, out, **settings) -> subprocess.CompletedProcess:
+    env = dict(PATH="/usr/bin:/bin", **settings)
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "requantize.py"), str(raw), str(out)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_path, tmp_path):
+    cwd, _ = first_run
+    raw = cwd / "artifacts" / "first_model.pt"
+    again = requantize(tmp_path, raw, tmp_path / "again.ptz", QUANT_BITS="8", COMPRESSOR="zlib")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.ptz").read_bytes() == (cwd / "artifacts" / "first_model.int8.ptz").read_bytes()
+    code = len((ROOT / "train_gpt.py").read_bytes())
+    model = (tmp_path / "again.ptz").stat().st_size
+    assert f"requantize: int8+zlib clip_sigmas:6.0 model_bytes:{model} code_bytes:{code} total_bytes:{model + code} " \
+           f"fits:True out:{tmp_path / 'again.ptz'}" in again.stdout
+    int6 = requantize(tmp_path, raw, tmp_path / "q6.ptz", QUANT_BITS="6", QUANT_CLIP_SIGMAS="4", COMPRESSOR="lzma")
+    assert int6.returncode == 0 and "requantize: int6+lzma clip_sigmas:4.0 " in int6.stdout, int6.stderr
+    scored = run_train(tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="q6", EVAL_ARTIFACT=str(tmp_path / "q6.ptz")))
+    assert scored.returncode == 0 and re.search(r"^final_int6_lzma_roundtrip_exact ", scored.stdout, re.M), scored.stderr
+    # Never over an existing file; bad settings and unreadable weights are one-line errors.
+    for out, settings, message in ((tmp_path / "q6.ptz", {}, "already exists"),
+                                   (tmp_path / "x.ptz", dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8"),
+                                   (tmp_path / "y.ptz", {}, "cannot read weights")):
+        bad = requantize(tmp_path, tmp_path / "q6.ptz" if "read" in message else raw, out, **settings)
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_benchmark_runs_the_training_step_on_synthetic_tokens(tmp_path):

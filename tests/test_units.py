@@ -405,7 +405,7 @@ def test_export_names_follow_the_settings():
 BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", ROPE_DIMS="8", LN_SCALE="1", XSA="1")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
-    args = train_gpt.Hyperparameters({})
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
     model = train_gpt.build_model(args, torch.device("cpu"))
     assert sum(p.numel() for p in model.parameters()) == 17_059_912  # SPEC.md
     params = dict(model.named_parameters())

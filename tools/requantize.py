@@ -24,8 +24,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
-LIMIT_BYTES = 16_000_000  # decimal, code + compressed model
-
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
@@ -48,7 +46,7 @@ def main(argv: list[str]) -> None:
     code_bytes = len(Path(tg.__file__).read_bytes())
     total = len(blob) + code_bytes
     print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} model_bytes:{len(blob)} "
-          f"code_bytes:{code_bytes} total_bytes:{total} fits:{total <= LIMIT_BYTES} out:{out}", flush=True)
+          f"code_bytes:{code_bytes} total_bytes:{total} fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
 
 
 if __name__ == "__main__":
