@@ -1,12 +1,13 @@
 """Download the published challenge shards and tokenizers from the Hugging Face hub.
 
-    python3 data/download.py --variant sp1024 --train-shards 10
+    python3 data/download.py --variant sp8192 --train-shards 10
 
-fills ./data/datasets/fineweb10B_sp1024/ (the whole validation split and the first 10 training
-shards) and ./data/tokenizers/, the layout train_gpt.py expects. sp1024 comes from the challenge's
-dataset repository willdepueoai/parameter-golf; sp4096 and sp8192 are not there, and come from
-kevclark/parameter-golf (the shards the SP4096/SP8192 records trained on). Each repository's
-folder datasets/ has a manifest.json that lists its variants' shards and tokenizers. Shards are a prefix of one frozen shuffled export, so N shards
+fills ./data/datasets/fineweb10B_sp8192/ (the whole validation split and the first 10 training
+shards) and ./data/tokenizers/, the layout train_gpt.py expects (sp8192 is its default, sp1024 the
+seed's). sp1024 comes from the challenge's dataset repository willdepueoai/parameter-golf; sp4096
+and sp8192 are not there, and come from kevclark/parameter-golf (the shards the SP4096/SP8192
+records trained on). Each repository's folder datasets/ has a manifest.json that lists its
+variants' shards and tokenizers. Shards are a prefix of one frozen shuffled export, so N shards
 are the first N*100M training tokens every participant sees.
 
 Files already present and complete (a shard's header matches its size) are skipped. Each file is
@@ -143,7 +144,8 @@ def download(hub: Hub, variant: str, train_shards: int | None, data_dir: Path, w
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="sp1024", help="tokenizer variant: sp1024, sp4096, sp8192, ...")
+    p.add_argument("--variant", default="sp8192", help="tokenizer variant: sp8192 (train_gpt.py's default), "
+                   "sp1024 (the seed's), sp4096, ...")
     p.add_argument("--train-shards", type=int, default=None,
                    help=f"download the first N training shards (default {DEFAULT_TRAIN_SHARDS}, or all if fewer)")
     p.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent, help="where datasets/ go")

@@ -1,15 +1,16 @@
 #!/bin/bash
 # P180 (../shared/BENCH.md) with the budget-fraction schedules as defaults, so the proxy is just
 # MAX_WALLCLOCK_SECONDS=180 VAL_LOSS_EVERY=0. Usage, from the repository root on the GPU machine:
-#   [VOCAB=4096] [SWEEP="7:6 6:6 8:1"] bash tools/p180.sh NAME SEED "ENV ..." [NAME SEED "ENV ..." ...]
-# Shards: BENCH.md's split, tokenized with .bench/tokenizers/fineweb_${VOCAB}_bpe.model, with the
-# corpus's last 2,500 documents held back from training as a second validation set; each artifact
-# is rescored on it (COMPILE=0). SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS with lzma
-# (tools/requantize.py) and scores each export without sliding windows (8:any = int8+lzma, size only).
-# Logs and summaries go to $RESULTS (default $OUT). Needs .bench/ (corpus/ and tokenizers/ copied
-# from ../shared, see BENCH.md) carried to the GPU machine.
+#   [VOCAB=1024] [SWEEP="7:6 6:6 8:1"] bash tools/p180.sh NAME SEED "ENV ..." [NAME SEED "ENV ..." ...]
+# Shards: BENCH.md's split, tokenized with .bench/tokenizers/fineweb_${VOCAB}_bpe.model (VOCAB
+# default 8192, train_gpt.py's), with the corpus's last 2,500 documents held back from training as
+# a second validation set; each artifact is rescored on it (COMPILE=0). SWEEP re-exports each run's
+# weights as BITS:CLIP_SIGMAS with lzma (tools/requantize.py) and scores each export without
+# sliding windows (8:any = int8+lzma, size only). Logs and summaries go to $RESULTS (default $OUT).
+# Needs .bench/ (corpus/ and tokenizers/ copied from ../shared, see BENCH.md) carried to the GPU
+# machine.
 set -u; export PYTHONUNBUFFERED=1
-VOCAB=${VOCAB:-1024}; RES=${RESULTS:-${OUT:-/tmp/p180_results}}; mkdir -p $RES
+VOCAB=${VOCAB:-8192}; RES=${RESULTS:-${OUT:-/tmp/p180_results}}; mkdir -p $RES
 DATA=/tmp/p180_sp$VOCAB; HOLD=/tmp/p180_holdout_sp$VOCAB; TOK=.bench/tokenizers/fineweb_${VOCAB}_bpe.model
 if [ ! -f $DATA/fineweb_val_000000.bin ]; then
   t0=$(date +%s)
