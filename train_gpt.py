@@ -199,14 +199,13 @@ def find_shards(data_path: str, need_train: bool = True) -> tuple[list[Path], li
 
 
 def load_validation_tokens(val_files: list[Path], seq_len: int, vocab_size: int) -> np.ndarray:
-    """All validation shards, truncated to whole sequences plus the one token that the last
-    target needs."""
+    """All validation shards, whole: non-overlapping windows score the whole sequences in them (the
+    seed's truncation), sliding windows every target, the tail after the last whole sequence too."""
     tokens = np.concatenate([load_shard(p, vocab_size) for p in val_files])
-    usable = (tokens.size - 1) // seq_len * seq_len
-    if usable <= 0:
+    if tokens.size - 1 < seq_len:
         raise ConfigError(f"the validation split has {tokens.size} tokens, fewer than one sequence of "
                           f"TRAIN_SEQ_LEN={seq_len} plus one; lower TRAIN_SEQ_LEN or use a larger split")
-    return tokens[: usable + 1]
+    return tokens
 
 
 class TokenStream:
@@ -1068,9 +1067,9 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -
     log(f"artifact:{paths['artifact']}")
 
 
-def report_roundtrip(run: Run, evaluate) -> None:
-    """The score of record: the rebuilt model on the whole split, in sliding windows if
-    EVAL_STRIDE is set."""
+def report_roundtrip(run: Run, evaluate, n_targets: int) -> None:
+    """The score of record: the rebuilt model on the whole split, in sliding windows (which score
+    all n_targets, the tail too) if EVAL_STRIDE is set."""
     def timed(stride: int) -> tuple[float, float, float]:
         run.sync()
         t0 = time.perf_counter()
@@ -1083,7 +1082,7 @@ def report_roundtrip(run: Run, evaluate) -> None:
         val_loss, val_bpb, ms = timed(0)
         run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
         run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
-                f"(after the first window)")
+                f"(after the first window) targets:{n_targets}")
     val_loss, val_bpb, ms = timed(stride)
     name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
     run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
@@ -1250,7 +1249,8 @@ def main() -> None:
     val_batch_seqs = args.val_batch_size // (world_size * grad_accum_steps) // args.train_seq_len
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     run.log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
-    run.log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} tokens:{val_tokens.size - 1}")
+    run.log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} "
+            f"tokens:{(val_tokens.size - 1) // args.train_seq_len * args.train_seq_len}")  # the seed's whole sequences
 
     # ---- model and optimizers ----------------------------------------------------------------
     base_model, model, optimizers, muon = build_training(run)
@@ -1296,7 +1296,7 @@ def main() -> None:
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
-    report_roundtrip(run, evaluate)
+    report_roundtrip(run, evaluate, val_tokens.size - 1)
     if distributed:
         dist.barrier()  # no rank tears down while another still talks to it
         dist.destroy_process_group()

@@ -114,13 +114,13 @@ def test_ranks_cover_every_target_once(trained_looking_model, dataset, sp, world
     seq_len = 32
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)
-    assert (tokens.size - 1) % seq_len == 0
+    assert (tokens.size - 1) % seq_len, "the split ends in a partial sequence"
     tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
     cpu = torch.device("cpu")
     whole = train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, 0, 1, cpu)
     parts = sum(train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, r, world_size, cpu)
                 for r in range(world_size))
-    assert whole[1] == parts[1] == tokens.size - 1  # every target scored exactly once
+    assert whole[1] == parts[1] == (tokens.size - 1) // seq_len * seq_len  # every whole sequence's targets, once
     assert whole[2] == parts[2]
     assert float(parts[0]) == pytest.approx(float(whole[0]), rel=1e-6)
 
@@ -166,17 +166,20 @@ def test_batch_size_changes_nothing_but_the_batching(trained_looking_model, data
     assert float(seven[0]) == pytest.approx(float(one[0]), rel=1e-5)
 
 
-@pytest.mark.parametrize("world_size", [1, 3])
-def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, dataset, sp, world_size):
+@pytest.mark.parametrize("world_size, tail", [(1, 0), (3, 0), (1, 11), (3, 11)])
+def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, dataset, sp, world_size, tail):
     seq_len, stride = 32, 12
     _, val_files = train_gpt.find_shards(str(dataset))
-    tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)[: 32 * 20 + 1]
+    tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)[: 32 * 20 + 1 + tail]
     tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
     cpu = torch.device("cpu")
-    whole = train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, 0, 1, cpu)
+    whole = train_gpt.validation_sums(trained_looking_model, tokens[: 32 * 20 + 1], tables, seq_len, 5, 0, 1, cpu)
     sliding = sum(train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, r, world_size, cpu,
                                             stride) for r in range(world_size))
-    assert sliding[1] == whole[1] == tokens.size - 1 and sliding[2] == whole[2]  # same targets, same bytes
+    # Sliding windows score every target, the tail after the last whole sequence included.
+    assert sliding[1] == tokens.size - 1 == whole[1] + tail
+    tail_ids = torch.from_numpy(tokens[tokens.size - 1 - tail:].astype(np.int64))  # the tail and the token before it
+    assert sliding[2] == whole[2] + int(tables.count(tail_ids[:-1], tail_ids[1:]).sum())
     assert float(sliding[0]) == pytest.approx(plain_sliding_loss(trained_looking_model, tokens, seq_len, stride),
                                               rel=1e-6)
     assert float(sliding[0]) != pytest.approx(float(whole[0]), rel=1e-4)  # more context, another number
