@@ -47,6 +47,7 @@ class Hub:
 
     def __init__(self, endpoint: str, repo: str, revision: str, remote_root: str, token: str | None):
         self.repo = repo
+        self.cache_key = "--".join(part.strip("/").replace("/", "--") for part in (repo, revision, remote_root))
         self.base = f"{endpoint.rstrip('/')}/datasets/{repo}/resolve/{urllib.parse.quote(revision, safe='')}"
         self.remote_root, self.token = remote_root.strip("/"), token
 
@@ -91,13 +92,15 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def plan(manifest: dict, variant: str, train_shards: int | None, data_dir: Path) -> list[tuple[str, Path]]:
+def plan(manifest: dict, variant: str, train_shards: int | None, data_dir: Path,
+         repo: str = DEFAULT_REPO) -> list[tuple[str, Path]]:
     """(remote path relative to the root, local path) of every file the variant needs."""
     name = f"fineweb10B_{variant}"
     dataset = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if dataset is None:
         known = sorted(d.get("name", "?").removeprefix("fineweb10B_") for d in manifest.get("datasets", []))
-        raise DownloadError(f"variant {variant} is not in the hub's manifest; choose one of {known}")
+        raise DownloadError(f"variant {variant} is not in the manifest of {repo}; choose one of {known} "
+                            f"(or another --repo)")
     stats = dataset.get("stats") or {}
     n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
     train_shards = min(n_train, DEFAULT_TRAIN_SHARDS) if train_shards is None else train_shards
@@ -117,18 +120,21 @@ def plan(manifest: dict, variant: str, train_shards: int | None, data_dir: Path)
 
 def download(hub: Hub, variant: str, train_shards: int | None, data_dir: Path, workers: int) -> tuple[int, int]:
     """Returns (files downloaded, files already complete)."""
-    manifest_path = data_dir / f"manifest.{hub.repo.replace('/', '--')}.json"  # one per repository
-    for attempt in range(2):  # a cached manifest that lacks the variant may be stale: fetch it once more
-        if attempt or not manifest_path.is_file():
+    manifest_path = data_dir / f"manifest.{hub.cache_key}.json"  # one per repository, revision and folder
+    cached = manifest_path.is_file()
+    while True:
+        if not cached:
             hub.fetch("manifest.json", manifest_path)
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError:
             manifest_path.unlink()
             raise DownloadError(f"{manifest_path} was not valid JSON and has been removed; run again") from None
-        if any(d.get("name") == f"fineweb10B_{variant}" for d in manifest.get("datasets", [])):
+        listed = any(d.get("name") == f"fineweb10B_{variant}" for d in manifest.get("datasets", []))
+        if listed or not cached:
             break
-    files = plan(manifest, variant, train_shards, data_dir)
+        cached = False  # a cached manifest without the variant may predate it: fetch it again, once
+    files = plan(manifest, variant, train_shards, data_dir, hub.repo)
     todo = [(rel, dest) for rel, dest in files if not is_complete(dest)]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         futures = [pool.submit(hub.fetch, rel, dest) for rel, dest in todo]

@@ -472,7 +472,7 @@ def test_download_replaces_a_damaged_local_shard(hub, tmp_path, dataset):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--variant", "sp9999"], "variant sp9999 is not in the hub's manifest"),
+    (["--variant", "sp9999"], "variant sp9999 is not in the manifest of willdepueoai/parameter-golf"),
     (["--variant", "sp512", "--train-shards", "99"], "ask for at most"),
 ])
 def test_download_errors_are_one_line(hub, tmp_path, args, message):
@@ -481,17 +481,22 @@ def test_download_errors_are_one_line(hub, tmp_path, args, message):
 
 
 def test_each_variant_comes_from_its_repository(hub, tmp_path):
-    run_download(hub.endpoint, tmp_path / "local", "--variant", "sp8192")  # this hub has no sp8192
-    assert hub.requests[0] == "/datasets/kevclark/parameter-golf/resolve/main/datasets/manifest.json"
+    data_dir = tmp_path / "local"
+    missing = run_download(hub.endpoint, data_dir, "--variant", "sp8192")  # this hub has no sp8192
+    assert missing.returncode == 1 and "not in the manifest of kevclark/parameter-golf" in missing.stderr
+    assert hub.requests == ["/datasets/kevclark/parameter-golf/resolve/main/datasets/manifest.json"], \
+        "a freshly fetched manifest is not fetched twice"
+    assert run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1").returncode == 0
     hub.requests.clear()
-    run_download(hub.endpoint, tmp_path / "local", "--variant", "sp8192", "--repo", "someone/else")
-    assert hub.requests[0].startswith("/datasets/someone/else/resolve/main/")
+    # Another repository has its own cached manifest: this one's is fetched, not the first one's reused.
+    other = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1", "--repo", "someone/else")
+    assert other.returncode == 0 and hub.requests == ["/datasets/someone/else/resolve/main/datasets/manifest.json"]
 
 
 def test_a_cached_manifest_without_the_variant_is_fetched_again(hub, tmp_path):
     data_dir = tmp_path / "local"
     assert run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1").returncode == 0
-    cached = data_dir / "manifest.willdepueoai--parameter-golf.json"
+    cached = data_dir / "manifest.willdepueoai--parameter-golf--main--datasets.json"
     cached.write_text(json.dumps(dict(datasets=[], tokenizers=[])))  # stale: from before sp512 was published
     hub.requests.clear()
     run = run_download(hub.endpoint, data_dir, "--variant", "sp512", "--train-shards", "1")

@@ -84,6 +84,8 @@ def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_pa
     assert rescore.returncode == 0, rescore.stderr
     assert parse(rescore.stdout)["exact"] == [trained], "the same bytes on the same data give the same score"
     assert not (cwd / "artifacts" / "rescore_model.int8.ptz").exists()
+    (total,) = re.findall(r"^Total submission size int8\+zlib: (\d+) bytes$", rescore.stdout, re.M)
+    assert f"\nartifact_limit:16000000 margin:{16_000_000 - int(total)} bytes\n" in rescore.stdout
     sliding = run_train(cwd, tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT=str(artifact), RUN_ID="sliding",
                                       EVAL_STRIDE="16"))
     assert sliding.returncode == 0, sliding.stderr

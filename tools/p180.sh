@@ -25,11 +25,11 @@ while [ $# -ge 3 ]; do
   t0=$(date +%s)
   env MAX_WALLCLOCK_SECONDS=180 VAL_LOSS_EVERY=0 $common $extra SEED=$seed RUN_ID=$rid DATA_PATH=$DATA \
     torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/$rid.out 2>&1
-  echo "== $rid rc=$? wall=$(( $(date +%s) - t0 ))s env: $common $extra"
+  rc=$?; echo "== $rid rc=$rc wall=$(( $(date +%s) - t0 ))s env: $common $extra"
   grep -E "^(step:[0-9]+/[0-9]+ val_|stopping_early|peak memory|weight_average|Total submission size|roundtrip_without|final_.*roundtrip |sdpa_backend:)" /tmp/$rid.out | tail -12
   cp logs/$rid.txt $RES/ 2>/dev/null
   art=$(ls artifacts/${rid}_model.int*.ptz 2>/dev/null | head -1)
-  [ -n "$art" ] || { tail -20 /tmp/$rid.out; continue; }
+  [ $rc -eq 0 ] && [ -n "$art" ] || { tail -20 /tmp/$rid.out; continue; }  # never score an earlier run's files
   t0=$(date +%s)
   env $common $extra COMPILE=0 EVAL_ARTIFACT=$art RUN_ID=${rid}_holdout DATA_PATH=$HOLD \
     torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/${rid}_holdout.out 2>&1
@@ -44,12 +44,12 @@ while [ $# -ge 3 ]; do
   done; wait
   for v in $SWEEP; do
     b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; cat /tmp/$q.req
-    [ "$b" = 8 ] && continue
+    [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     env $common $extra COMPILE=0 EVAL_STRIDE=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
       python3 train_gpt.py > /tmp/$q.out 2>&1 &
   done; wait
   for v in $SWEEP; do
-    b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; [ "$b" = 8 ] && continue
+    b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)"
   done
   echo "== ${rid} sweep wall=$(( $(date +%s) - t0 ))s"
