@@ -92,11 +92,15 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def find_dataset(manifest: dict, variant: str) -> dict | None:
+    return next((d for d in manifest.get("datasets", []) if d.get("name") == f"fineweb10B_{variant}"), None)
+
+
 def plan(manifest: dict, variant: str, train_shards: int | None, data_dir: Path,
          repo: str = DEFAULT_REPO) -> list[tuple[str, Path]]:
     """(remote path relative to the root, local path) of every file the variant needs."""
     name = f"fineweb10B_{variant}"
-    dataset = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
+    dataset = find_dataset(manifest, variant)
     if dataset is None:
         known = sorted(d.get("name", "?").removeprefix("fineweb10B_") for d in manifest.get("datasets", []))
         raise DownloadError(f"variant {variant} is not in the manifest of {repo}; choose one of {known} "
@@ -130,8 +134,7 @@ def download(hub: Hub, variant: str, train_shards: int | None, data_dir: Path, w
         except json.JSONDecodeError:
             manifest_path.unlink()
             raise DownloadError(f"{manifest_path} was not valid JSON and has been removed; run again") from None
-        listed = any(d.get("name") == f"fineweb10B_{variant}" for d in manifest.get("datasets", []))
-        if listed or not cached:
+        if find_dataset(manifest, variant) is not None or not cached:
             break
         cached = False  # a cached manifest without the variant may predate it: fetch it again, once
     files = plan(manifest, variant, train_shards, data_dir, hub.repo)
