@@ -117,7 +117,6 @@ class Hyperparameters:
     adam_eps = 1e-8
     grad_clip_norm = 0.0  # 0: off
     muon_weight_decay = 0.0  # decoupled: each Muon matrix shrinks by lr * this per step
-    ema_horizon_frac = 0.0  # > 0: score an exponential moving average of the weights over this fraction of the budget
 
     # Export.
     quant_bits = 7  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
@@ -617,32 +616,6 @@ def muon_momentum_at(done: float, start: float, end: float) -> float:
     return (1 - done) * start + done * end
 
 
-class WeightAverage:
-    """An exponential moving average of the weights (fp32) whose horizon is a fraction of the
-    budget, not a count of steps: after a step that spent the fraction d of the budget, the old
-    average keeps the weight exp(-d / horizon). A 3-minute and a 10-minute run then average over
-    the same share of their training."""
-
-    def __init__(self, model: nn.Module, horizon_frac: float):
-        self.params = list(model.parameters())
-        self.average = [p.detach().float().clone() for p in self.params]
-        self.horizon_frac, self.budget_used = horizon_frac, 0.0
-
-    @torch.no_grad()
-    def update(self, budget_used: float) -> None:
-        keep = math.exp(-max(budget_used - self.budget_used, 0.0) / self.horizon_frac)
-        self.budget_used = budget_used
-        torch._foreach_lerp_(self.average, [p.float() for p in self.params], 1.0 - keep)
-
-    @torch.no_grad()
-    def copy_to_model(self, distributed: bool) -> None:
-        """Replaces the weights by the average; ranks time their steps apart, so rank 0's wins."""
-        for p, a in zip(self.params, self.average):
-            if distributed:
-                dist.broadcast(a, src=0)
-            p.copy_(a)
-
-
 # -----------------------------------------------------------------------------
 # QUANTIZATION AND SERIALIZATION
 # The artifact is int8 with one fp16 scale per row for big matrices (rows track output
@@ -920,7 +893,7 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     if args.rope_dims < 0 or args.rope_dims % 2 or args.rope_dims > args.model_dim // args.num_heads:
         raise ConfigError(f"ROPE_DIMS={args.rope_dims} must be 0 (all) or an even number up to the head size "
                           f"{args.model_dim // args.num_heads}")
-    for name in ("warmdown_frac", "muon_momentum_warmup_frac", "ema_horizon_frac"):
+    for name in ("warmdown_frac", "muon_momentum_warmup_frac"):
         if not 0 <= getattr(args, name) <= 1:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
     if args.eval_stride < 0:
@@ -991,7 +964,7 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
 
 
 def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
-          loader: DistributedTokenLoader, evaluate, average: WeightAverage | None = None) -> None:
+          loader: DistributedTokenLoader, evaluate) -> None:
     args, log = run.args, run.log
     max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
     training_time_ms, stop_after_step, step = 0.0, None, 0
@@ -1024,8 +997,6 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
         step += 1
 
         approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        if average is not None:
-            average.update(budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms))
         reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
         if run.distributed and max_wallclock_ms is not None:  # every rank stops on the same step
             flag = torch.tensor(int(reached_cap), device=run.device)
@@ -1289,13 +1260,7 @@ def main() -> None:
     else:
         if args.warmup_steps > 0:
             warmup_and_reset(run, model, base_model, optimizers, loader)
-        average = WeightAverage(base_model, args.ema_horizon_frac) if args.ema_horizon_frac > 0 else None
-        train(run, model, base_model, optimizers, muon, loader, evaluate, average)
-        if average is not None:  # the average is what gets exported and scored
-            average.copy_to_model(distributed)
-            val_loss, val_bpb = evaluate()
-            run.log(f"weight_average val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                    f"horizon_frac:{args.ema_horizon_frac}")
+        train(run, model, base_model, optimizers, muon, loader, evaluate)
         export(run, base_model, code_bytes, paths)
         if distributed:
             dist.barrier()  # the artifact is on disk before any rank reads it

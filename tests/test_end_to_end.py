@@ -138,18 +138,13 @@ def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_p
 
 def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", ROPE_DIMS="16", LN_SCALE="1",
-                   XSA="1", QK_GAIN_INIT="5", MUON_WEIGHT_DECAY="0.04", EMA_HORIZON_FRAC="0.1", EVAL_STRIDE="16",
+                   XSA="1", QK_GAIN_INIT="5", MUON_WEIGHT_DECAY="0.04", EVAL_STRIDE="16",
                    WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     lines = parse(run.stdout)
     losses = train_losses(run.stdout)
     assert max(losses[28], losses[29], losses[30]) < losses[1] - 1.0, losses
-    (average_bpb,) = re.findall(r"^weight_average val_loss:[\d.]+ val_bpb:([\d.]+) horizon_frac:0.1$", run.stdout, re.M)
-    (raw_bpb,) = [float(m[3]) for m in lines["val"]]
-    (without,) = re.findall(r"^roundtrip_without_sliding val_loss:[\d.]+ val_bpb:([\d.]+) ", run.stdout, re.M)
-    # the artifact holds the average, not the last weights: its score sits next to the average's
-    assert abs(float(without) - float(average_bpb)) < abs(float(without) - raw_bpb) / 3, (without, average_bpb, raw_bpb)
     artifact = tmp_path / "artifacts" / "beyond_model.int8.ptz"
     rescore = run_train(tmp_path, dict(env, RUN_ID="beyond_rescore", EVAL_ARTIFACT=str(artifact)))
     assert rescore.returncode == 0, rescore.stderr
@@ -157,9 +152,7 @@ def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_pat
 
 
 def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
-    # The weight average is on: its copy-back must leave every rank with the same weights.
-    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1",
-                   EMA_HORIZON_FRAC="0.5")
+    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1")
     one = run_train(tmp_path, dict(env, RUN_ID="one"))
     two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]

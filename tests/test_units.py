@@ -30,7 +30,7 @@ SPEC_DEFAULTS = dict(
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
                      mlp_leaky_slope=0.0, rope_dims=0, ln_scale=False, xsa=False, muon_weight_decay=0.0,
-                     ema_horizon_frac=0.0, quant_bits=8, compressor="zlib")
+                     quant_bits=8, compressor="zlib")
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas"}
 
@@ -178,33 +178,6 @@ def test_muon_weight_decay_is_decoupled_and_follows_the_scheduled_lr():
 
 
 # ---- schedules --------------------------------------------------------------------------------
-
-def test_weight_average_horizon_is_a_budget_fraction():
-    """Ten steps of 1% and a hundred steps of 0.1% of the budget leave the starting weights the
-    same share, exp(-0.1 / horizon), of the average."""
-    for n_steps in (10, 100):
-        model = torch.nn.Linear(3, 2, bias=False)
-        torch.nn.init.zeros_(model.weight)
-        average = train_gpt.WeightAverage(model, horizon_frac=0.05)
-        with torch.no_grad():
-            model.weight.fill_(1.0)
-        for i in range(1, n_steps + 1):
-            average.update(i * 0.1 / n_steps)
-        assert average.average[0].mean().item() == pytest.approx(1 - np.exp(-0.1 / 0.05), rel=1e-5)
-        average.copy_to_model(distributed=False)
-        assert model.weight.mean().item() == pytest.approx(1 - np.exp(-2.0), rel=1e-5)
-
-
-def test_weight_average_copy_back_takes_rank_0s_average(monkeypatch):
-    """Ranks time their steps apart, so their averages differ; every rank must end with rank 0's."""
-    model = torch.nn.Linear(3, 2)
-    average = train_gpt.WeightAverage(model, horizon_frac=0.05)
-    sent = []
-    monkeypatch.setattr(train_gpt.dist, "broadcast", lambda t, src: (sent.append((t, src)), t.fill_(7.0)))
-    average.copy_to_model(distributed=True)
-    assert [src for _, src in sent] == [0, 0] and all(t is a for (t, _), a in zip(sent, average.average))
-    assert all((p == 7.0).all() for p in model.parameters()), "the weights are the broadcast values"
-
 
 @pytest.mark.parametrize("step, expected", [(0, 1.0), (79, 1.0), (80, 1.0), (90, 0.5), (99, 0.05), (100, 0.0)])
 def test_lr_multiplier_without_cap_decays_over_the_last_iterations(step, expected):

@@ -6,7 +6,8 @@
 # default 8192, train_gpt.py's), with the corpus's last 2,500 documents held back from training as
 # a second validation set; each artifact is rescored on it (COMPILE=0). SWEEP re-exports each run's
 # weights as BITS:CLIP_SIGMAS with lzma (tools/requantize.py) and scores each export without
-# sliding windows (8:any = int8+lzma, size only). Logs and summaries go to $RESULTS (default $OUT).
+# sliding windows (8:any = int8+lzma, size only); HOLDOUT=0 skips the holdout score. Logs and
+# summaries go to $RESULTS (default $OUT).
 # Needs .bench/ (corpus/ and tokenizers/ copied from ../shared, see BENCH.md) carried to the GPU
 # machine.
 set -u; export PYTHONUNBUFFERED=1
@@ -26,15 +27,17 @@ while [ $# -ge 3 ]; do
   env MAX_WALLCLOCK_SECONDS=180 VAL_LOSS_EVERY=0 $common $extra SEED=$seed RUN_ID=$rid DATA_PATH=$DATA \
     torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/$rid.out 2>&1
   rc=$?; echo "== $rid rc=$rc wall=$(( $(date +%s) - t0 ))s env: $common $extra"
-  grep -E "^(step:[0-9]+/[0-9]+ val_|stopping_early|peak memory|weight_average|Total submission size|roundtrip_without|final_.*roundtrip |sdpa_backend:)" /tmp/$rid.out | tail -12
+  grep -E "^(step:[0-9]+/[0-9]+ val_|stopping_early|peak memory|Total submission size|roundtrip_without|final_.*roundtrip |sdpa_backend:)" /tmp/$rid.out | tail -12
   cp logs/$rid.txt $RES/ 2>/dev/null
   art=$(ls artifacts/${rid}_model.int*.ptz 2>/dev/null | head -1)
   [ $rc -eq 0 ] && [ -n "$art" ] || { tail -20 /tmp/$rid.out; continue; }  # never score an earlier run's files
-  t0=$(date +%s)
-  env $common $extra COMPILE=0 EVAL_ARTIFACT=$art RUN_ID=${rid}_holdout DATA_PATH=$HOLD \
-    torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/${rid}_holdout.out 2>&1
-  echo "== ${rid}_holdout rc=$? wall=$(( $(date +%s) - t0 ))s"
-  grep -E "^(roundtrip_without|final_.*roundtrip )" /tmp/${rid}_holdout.out || tail -5 /tmp/${rid}_holdout.out
+  if [ "${HOLDOUT:-1}" != 0 ]; then
+    t0=$(date +%s)
+    env $common $extra COMPILE=0 EVAL_ARTIFACT=$art RUN_ID=${rid}_holdout DATA_PATH=$HOLD \
+      torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/${rid}_holdout.out 2>&1
+    echo "== ${rid}_holdout rc=$? wall=$(( $(date +%s) - t0 ))s"
+    grep -E "^(roundtrip_without|final_.*roundtrip )" /tmp/${rid}_holdout.out || tail -5 /tmp/${rid}_holdout.out
+  fi
   [ -n "${SWEEP:-}" ] || continue
   t0=$(date +%s)
   for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)

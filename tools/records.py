@@ -42,7 +42,7 @@ class RunSummary:
     steps: int | None = None
     step_avg_ms: float | None = None
     train_time_ms: float | None = None
-    val_loss: float | None = None  # pre-quantization: the last validation, or the exported weight average
+    val_loss: float | None = None  # pre-quantization: the last validation
     val_bpb: float | None = None
     roundtrip_val_loss: float | None = None  # the score of record
     roundtrip_val_bpb: float | None = None
@@ -72,7 +72,6 @@ PATTERNS = {
     "smi_gpu": re.compile(r"^\|\s+\d+\s+(NVIDIA [^|]*?)\s+(?:On|Off)\s+\|"),
     "train": re.compile(rf"^step:(\d+)/(\d+) train_loss:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
     "val": re.compile(rf"^step:(\d+)/(\d+) val_loss:{NUM} val_bpb:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
-    "average": re.compile(rf"^weight_average val_loss:{NUM} val_bpb:{NUM} "),
     "peak": re.compile(r"^peak memory allocated: (\d+) MiB"),
     "code": re.compile(r"^Code size: (\d+) bytes$"),
     "model": re.compile(rf"^Serialized model {EXPORT}: (\d+) bytes"),
@@ -116,8 +115,6 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
         s.steps, s.iterations, s.val_loss, s.val_bpb = int(g[0]), int(g[1]), float(g[2]), float(g[3])
         s.train_time_ms, s.step_avg_ms = float(g[4]), (float(g[5]) if int(g[0]) else s.step_avg_ms)
         s.val_curve.append((int(g[0]), float(g[4]), float(g[3])))
-    elif name == "average":  # EMA_HORIZON_FRAC: the average, not the last weights, is what gets exported
-        s.val_loss, s.val_bpb = float(g[0]), float(g[1])
     elif name == "peak":
         s.peak_alloc_mib = int(g[0])
     elif name == "code":
