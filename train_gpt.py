@@ -122,6 +122,10 @@ class Hyperparameters:
     quant_bits = 7  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
     quant_clip_sigmas = 6.0  # for QUANT_BITS < 8: row clip = this many standard deviations of the row
     compressor = "lzma"  # lzma (stdlib xz; smaller) or zlib (the seed)
+    quant_gptq = False  # round the intN rows by GPTQ, with Hessians from training batches (0: to nearest)
+    gptq_calib_batches = 4  # of TRAIN_BATCH_TOKENS: 6x the GPTQ paper's 128 x 2048 tokens
+    gptq_damp = 0.01  # added to the Hessian's diagonal, times its mean
+    gptq_reserve_seconds = 10.0  # of MAX_WALLCLOCK_SECONDS for calibration (set it from a GPU run's log)
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
@@ -621,7 +625,7 @@ def muon_momentum_at(done: float, start: float, end: float) -> float:
 # The artifact is int8 with one fp16 scale per row for big matrices (rows track output
 # channels), fp16 for small tensors, fp32 for control tensors, all torch.save'd and zlib'd.
 # QUANT_BITS < 8 puts the block matrices on fewer levels (still stored as int8, which the
-# compressor shrinks); COMPRESSOR=lzma swaps zlib for xz.
+# compressor shrinks); COMPRESSOR=lzma swaps zlib for xz. QUANT_GPTQ=1 picks those levels by GPTQ.
 # The score comes from the model rebuilt from these bytes, never from the trained weights.
 # -----------------------------------------------------------------------------
 
@@ -653,22 +657,51 @@ def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(t.clamp(-clip, clip) / scale).clamp(-127, 127).to(torch.int8), scale
 
 
-def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
-    """Symmetric intN per row, clipped at clip_sigmas standard deviations of the row: a clip set
-    by the bulk of the row, not by its rarest outliers as the int8 quantile is, so that the few
-    levels are spent where the weights are."""
+def intn_grid(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, int]:
+    """Symmetric intN per row: the rows' fp16 scales and the top level. A row's clip is clip_sigmas
+    standard deviations of the row: a clip set by the bulk of the row, not by its rarest outliers as
+    the int8 quantile is, so that the few levels are spent where the weights are."""
     levels = 2 ** (bits - 1) - 1
-    t = t.float()
-    scale = (clip_sigmas * t.std(dim=1, correction=0) / levels).half()
-    scale = scale.masked_fill(scale == 0, 1.0)  # an all-zero row: any scale, every q is 0
+    scale = (clip_sigmas * t.float().std(dim=1, correction=0) / levels).half()
+    return scale.masked_fill(scale == 0, 1.0), levels  # an all-zero row: any scale, every q is 0
+
+
+def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
+    scale, levels = intn_grid(t, bits, clip_sigmas)
     # Rounded against the stored fp16 scale, so the rebuilt row is within half a step of the clipped
     # one; the clamp to the outer level is the clip.
-    q = torch.round(t / scale.float()[:, None]).clamp(-levels, levels)
+    q = torch.round(t.float() / scale.float()[:, None]).clamp(-levels, levels)
     return q.to(torch.int8), scale
 
 
-def quantize_state_dict(state: dict[str, Tensor], bits: int = 8,
-                        clip_sigmas: float = Hyperparameters.quant_clip_sigmas) -> tuple[dict, dict[str, int]]:
+def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float,
+                       damp: float) -> tuple[Tensor, Tensor]:
+    """intn_grid's rows rounded by GPTQ (Frantar et al. 2022): column by column, by falling diag H
+    (act-order), each rounding error moves onto the columns not yet rounded, through the inverse of
+    H = sum of x x^T of the layer's inputs, so that the layer's output, not each weight, stays close."""
+    scale, levels = intn_grid(t, bits, clip_sigmas)
+    s, order = scale.float(), hessian.diagonal().argsort(descending=True)
+    w, h = t.float()[:, order], hessian.double()[order][:, order]
+    # An input never nonzero in calibration is alone in H, so its column rounds to nearest (the paper
+    # zeroes it, but validation text may use it).
+    h.diagonal()[h.diagonal() == 0] = 1.0
+    h.diagonal().add_(damp * h.diagonal().mean())
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    q = torch.empty_like(w)
+    for start in range(0, w.size(1), 128):  # lazy batches: columns past the block get one update per block
+        end = min(start + 128, w.size(1))
+        err = torch.empty_like(w[:, start:end])
+        for j in range(start, end):
+            q[:, j] = torch.round(w[:, j] / s).clamp(-levels, levels)
+            err[:, j - start] = (w[:, j] - q[:, j] * s) / u[j, j]
+            w[:, j + 1:end] -= err[:, j - start, None] * u[j, j + 1:end]
+        w[:, end:] -= err @ u[start:end, end:]
+    return q[:, order.argsort()].to(torch.int8), scale
+
+
+def quantize_state_dict(state: dict[str, Tensor], bits: int = 8, clip_sigmas: float = Hyperparameters.quant_clip_sigmas,
+                        hessians: dict | None = None, damp: float = Hyperparameters.gptq_damp) -> tuple[dict, dict]:
+    """intN matrices that have a Hessian (by name) are rounded by GPTQ."""
     obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
                qmeta={}, passthrough_orig_dtypes={})
     if bits < 8:  # said once for the whole artifact, even if no matrix is big enough to use it
@@ -687,7 +720,9 @@ def quantize_state_dict(state: dict[str, Tensor], bits: int = 8,
             stats["payload_bytes"] += t.numel() * t.element_size()
             continue
         if bits < 8 and t.ndim == 2 and name not in KEEP_INT8:
-            q, scale = quantize_rows_sd(t, bits, clip_sigmas)
+            hessian = (hessians or {}).get(name)
+            q, scale = quantize_rows_sd(t, bits, clip_sigmas) if hessian is None else \
+                quantize_rows_gptq(t, hessian.cpu(), bits, clip_sigmas, damp)
             obj["qmeta"][name] = dict(scheme="per_row", axis=0, bits=bits)
         else:
             q, scale = quantize_tensor(t)
@@ -712,6 +747,31 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
         orig = obj.get("passthrough_orig_dtypes", {}).get(name)
         out[name] = t.to(getattr(torch, orig)) if orig else t
     return out
+
+
+def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperparameters,
+                     grad_accum_steps: int) -> dict[str, Tensor]:
+    """GPTQ's H = sum of x x^T over each CastedLinear's inputs, by weight name, from all ranks'
+    shares of GPTQ_CALIB_BATCHES training batches."""
+    hessians: dict[str, Tensor] = {}
+
+    def accumulate(name: str, x: Tensor) -> None:
+        x = x.detach().flatten(0, -2).float()
+        with torch.autocast(x.device.type, enabled=False):  # summed in fp32, not in the forward's bf16
+            hessians[name] = hessians.get(name, 0) + x.T @ x
+
+    hooks = [m.register_forward_pre_hook(lambda _, inputs, name=f"{n}.weight": accumulate(name, inputs[0]))
+             for n, m in model.named_modules() if isinstance(m, CastedLinear)]
+    with torch.no_grad():
+        for _ in range(args.gptq_calib_batches * grad_accum_steps):
+            x, _ = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                model.logits(x)
+    for hook in hooks:
+        hook.remove()
+    for h in hessians.values() if dist.is_initialized() else ():
+        dist.all_reduce(h, op=dist.ReduceOp.SUM)
+    return hessians
 
 
 def serialize_artifact(obj: dict, compressor: str = "zlib") -> tuple[bytes, int]:
@@ -915,6 +975,10 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
         raise ConfigError(f"QUANT_CLIP_SIGMAS={args.quant_clip_sigmas} must be a positive number of std deviations")
     if args.compressor not in COMPRESSORS:
         raise ConfigError(f"COMPRESSOR={args.compressor!r} is not one of {', '.join(COMPRESSORS)}")
+    if args.quant_gptq and (args.quant_bits == 8 or args.gptq_calib_batches < 1 or not args.gptq_damp > 0 or
+                            not 0 <= args.gptq_reserve_seconds < (args.max_wallclock_seconds or math.inf)):
+        raise ConfigError("QUANT_GPTQ=1 needs QUANT_BITS < 8, GPTQ_CALIB_BATCHES >= 1, GPTQ_DAMP > 0 and "
+                          "0 <= GPTQ_RESERVE_SECONDS < MAX_WALLCLOCK_SECONDS (if set); set them so")
 
 
 def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
@@ -966,7 +1030,9 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
 def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
           loader: DistributedTokenLoader, evaluate) -> None:
     args, log = run.args, run.log
-    max_wallclock_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    # GPTQ's calibration reads training data, so it is training time: the loop leaves it its reserve.
+    reserve = args.gptq_reserve_seconds if args.quant_gptq else 0.0
+    max_wallclock_ms = 1000.0 * (args.max_wallclock_seconds - reserve) if args.max_wallclock_seconds > 0 else None
     training_time_ms, stop_after_step, step = 0.0, None, 0
     run.sync()
     t0 = time.perf_counter()
@@ -1018,7 +1084,25 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
         log("peak memory allocated: 0 MiB reserved: 0 MiB")
 
 
-def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -> None:
+def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader) -> dict[str, Tensor]:
+    """The Hessians, timed against the reserve train() left them."""
+    args, capped = run.args, run.args.max_wallclock_seconds > 0
+    run.sync()
+    t0 = time.perf_counter()
+    hessians = collect_hessians(base_model, loader, args, run.grad_accum_steps)
+    run.sync()
+    ms, reserve_ms = 1000.0 * (time.perf_counter() - t0), 1000.0 * args.gptq_reserve_seconds if capped else 0.0
+    n = args.gptq_calib_batches
+    run.log(f"gptq_calibration batches:{n} tokens:{n * args.train_batch_tokens} time:{ms:.0f}ms "
+            f"reserve:{reserve_ms:.0f}ms")
+    if capped and ms > reserve_ms:
+        run.log("warning: calibration overran its reserve, so training overran MAX_WALLCLOCK_SECONDS: "
+                "raise GPTQ_RESERVE_SECONDS")
+    return hessians
+
+
+def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
+           hessians: dict[str, Tensor] | None = None) -> None:
     """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes
     that count."""
     if run.rank != 0:
@@ -1030,7 +1114,8 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path]) -
     log(f"Serialized model: {raw_bytes} bytes")
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas)
+    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
+                                                 args.gptq_damp)
     blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
@@ -1261,7 +1346,8 @@ def main() -> None:
         if args.warmup_steps > 0:
             warmup_and_reset(run, model, base_model, optimizers, loader)
         train(run, model, base_model, optimizers, muon, loader, evaluate)
-        export(run, base_model, code_bytes, paths)
+        hessians = calibrate_gptq(run, base_model, loader) if args.quant_gptq else None
+        export(run, base_model, code_bytes, paths, hessians)
         if distributed:
             dist.barrier()  # the artifact is on disk before any rank reads it
         artifact = str(paths["artifact"])

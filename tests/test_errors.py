@@ -115,6 +115,10 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8"),
     (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be a positive number"),
     (dict(COMPRESSOR="zstd"), "COMPRESSOR='zstd' is not one of zlib, lzma"),
+    (dict(QUANT_GPTQ="1"), "QUANT_GPTQ=1 needs QUANT_BITS < 8"),
+    (dict(QUANT_GPTQ="1", QUANT_BITS="6", GPTQ_DAMP="0"), "GPTQ_DAMP > 0"),
+    (dict(QUANT_GPTQ="1", QUANT_BITS="6", MAX_WALLCLOCK_SECONDS="5", GPTQ_RESERVE_SECONDS="5"),
+     "0 <= GPTQ_RESERVE_SECONDS < MAX_WALLCLOCK_SECONDS"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
     assert message in config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))

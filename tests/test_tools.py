@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import lzma
 import math
 import re
 import subprocess
@@ -42,8 +44,8 @@ def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_
     assert (tmp_path / "again.ptz").read_bytes() == (cwd / "artifacts" / "first_model.int8.ptz").read_bytes()
     code = len((ROOT / "train_gpt.py").read_bytes())
     model = (tmp_path / "again.ptz").stat().st_size
-    assert f"requantize: int8+zlib clip_sigmas:6.0 model_bytes:{model} code_bytes:{code} total_bytes:{model + code} " \
-           f"fits:True out:{tmp_path / 'again.ptz'}" in again.stdout
+    assert f"requantize: int8+zlib clip_sigmas:6.0 gptq:False model_bytes:{model} code_bytes:{code} " \
+           f"total_bytes:{model + code} fits:True out:{tmp_path / 'again.ptz'}" in again.stdout
     int6 = requantize(tmp_path, raw, tmp_path / "q6.ptz", QUANT_BITS="6", QUANT_CLIP_SIGMAS="4", COMPRESSOR="lzma")
     assert int6.returncode == 0 and "requantize: int6+lzma clip_sigmas:4.0 " in int6.stdout, int6.stderr
     scored = run_train(tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="q6", EVAL_ARTIFACT=str(tmp_path / "q6.ptz")))
@@ -55,6 +57,50 @@ def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_
         bad = requantize(tmp_path, tmp_path / "q6.ptz" if "read" in message else raw, out, **settings)
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def artifact_object(path) -> dict:
+    return torch.load(io.BytesIO(lzma.decompress(path.read_bytes())))
+
+
+def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run, dataset, tokenizer_path, tmp_path):
+    cwd, _ = first_run
+    raw = cwd / "artifacts" / "first_model.pt"
+    env = tiny_env(dataset, tokenizer_path, QUANT_BITS="6", COMPRESSOR="lzma")  # the run's shapes and data
+    gptq = requantize(tmp_path, raw, tmp_path / "gptq.ptz", **env, QUANT_GPTQ="1")
+    plain = requantize(tmp_path, raw, tmp_path / "plain.ptz", **env)
+    assert gptq.returncode == 0 and "requantize: int6+lzma clip_sigmas:6.0 gptq:True model_bytes:" in gptq.stdout, \
+        gptq.stderr
+    assert plain.returncode == 0 and " gptq:False " in plain.stdout, plain.stderr
+    assert train_gpt.load_artifact(str(tmp_path / "gptq.ptz"))[1:] == (6, "lzma")
+    a, b = artifact_object(tmp_path / "gptq.ptz"), artifact_object(tmp_path / "plain.ptz")
+    intn = [name for name, meta in a["qmeta"].items() if meta.get("bits") == 6]
+    assert intn == ["blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight", "blocks.1.mlp.fc.weight",
+                    "blocks.1.mlp.proj.weight"]  # at MODEL_DIM=192 the attention matrices stay fp16
+    assert all(torch.equal(a["scales"][k], b["scales"][k]) for k in a["scales"]), "the same grid"
+    assert all(torch.equal(a["quantized"][k], b["quantized"][k]) for k in a["quantized"] if k not in intn)
+    # On the tokens it calibrated on, GPTQ moves each layer's output less: tr(E H E^T), E = W - Wq.
+    args = train_gpt.Hyperparameters(env)
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    model.load_state_dict(torch.load(raw))
+    loader = train_gpt.DistributedTokenLoader(sorted(dataset.glob("fineweb_train_*.bin")), 512, 0, 1,
+                                              torch.device("cpu"))
+    hessians = train_gpt.collect_hessians(model, loader, args, grad_accum_steps=8)
+    weights = model.state_dict()
+    for name in intn:
+        q, scale = a["quantized"][name], a["scales"][name].float()[:, None]
+        assert q.abs().max() <= 31 and not torch.equal(q, b["quantized"][name]), name
+        error = [torch.trace(e @ hessians[name] @ e.T) for e in
+                 (weights[name] - obj["quantized"][name].float() * scale for obj in (a, b))]
+        assert error[0] < 0.5 * error[1], (name, error)
+    # Bad input: one line, and no file.
+    no_data = {k: v for k, v in env.items() if k != "DATA_PATH"}
+    for settings, message in ((no_data, "DATA_PATH=./data/datasets/fineweb10B_sp8192 is not a folder"),
+                              (dict(env, QUANT_BITS="8"), "QUANT_GPTQ=1 needs QUANT_BITS < 8"),
+                              (dict(env, MODEL_DIM="128"), "use the shape settings of the run that made it")):
+        bad = requantize(tmp_path, raw, tmp_path / "bad.ptz", **settings, QUANT_GPTQ="1")
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.ptz").exists()
 
 
 def test_benchmark_runs_the_training_step_on_synthetic_tokens(tmp_path):

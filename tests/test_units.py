@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import shards
 import train_gpt
@@ -30,9 +31,10 @@ SPEC_DEFAULTS = dict(
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
                      mlp_leaky_slope=0.0, rope_dims=0, ln_scale=False, xsa=False, muon_weight_decay=0.0,
-                     quant_bits=8, compressor="zlib")
+                     quant_bits=8, compressor="zlib", quant_gptq=False)
 # Settings that do not change what is computed (or only matter when a switch above is on).
-NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas"}
+NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
+            "gptq_reserve_seconds"}
 
 
 # ---- hyperparameters --------------------------------------------------------------------------
@@ -338,6 +340,102 @@ def test_intn_rows_clip_at_sigmas_and_round_within_half_a_step(bits, sigmas):
     assert torch.equal(obj["quantized"]["vector_big"], seed["quantized"]["vector_big"])
     assert obj["passthrough"].keys() == seed["passthrough"].keys() == {"blocks.0.attn.c_q.weight",
                                                                        "blocks.0.attn_scale"}
+
+
+def dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+@pytest.mark.parametrize("bits", [5, 6, 7])
+def test_gptq_keeps_the_layer_output_closer_than_rounding_to_nearest(bits):
+    """Correlated inputs, as a layer sees them: GPTQ on the same grid (the same fp16 scales and
+    levels, so the same format) gives a smaller output error X (W - Wq)^T."""
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(4096, 192, generator=gen) @ torch.randn(192, 192, generator=gen)
+    x = x * torch.rand(192, generator=gen) * 3  # inputs of unequal energy, as after a norm's gains
+    w = torch.randn(160, 192, generator=gen) * 0.05
+    q_rtn, s_rtn = train_gpt.quantize_rows_sd(w, bits, 6.0)
+    q, scale = train_gpt.quantize_rows_gptq(w, x.T @ x, bits, 6.0, damp=0.01)
+    assert torch.equal(scale, s_rtn) and q.dtype == torch.int8 and q.shape == w.shape
+    assert q.abs().max() <= 2 ** (bits - 1) - 1
+    err_rtn = torch.linalg.norm(x @ (w - dequantized(q_rtn, s_rtn)).T)
+    err = torch.linalg.norm(x @ (w - dequantized(q, scale)).T)
+    assert err < 0.7 * err_rtn, (err, err_rtn)
+    assert not torch.equal(q, q_rtn) and (q.float() - q_rtn.float()).abs().mean() < 1, "a nearby grid point"
+
+
+def test_gptq_without_input_correlation_is_rounding_to_nearest():
+    """A diagonal H (uncorrelated inputs; damping keeps it diagonal) gives no error anything to move
+    onto: exactly round-to-nearest, whatever the inputs' energies, a dead input (diag 0) included."""
+    torch.manual_seed(0)
+    w = torch.randn(96, 300) * 0.05
+    w[:, 7] = 1.0  # beyond the clip: the outer level, as round-to-nearest
+    q_rtn, s_rtn = train_gpt.quantize_rows_sd(w, 6, 6.0)
+    energies = torch.rand(300)
+    energies[11] = 0.0
+    for hessian in (torch.eye(300), torch.diag(energies)):
+        q, scale = train_gpt.quantize_rows_gptq(w, hessian, 6, 6.0, damp=0.01)
+        assert torch.equal(q, q_rtn) and torch.equal(scale, s_rtn)
+
+
+def test_gptq_column_order_follows_the_inputs_and_is_undone():
+    """Act-order: columns go by falling diag H, so permuting the inputs (columns of W, rows and
+    columns of H) permutes the result and nothing else."""
+    torch.manual_seed(1)
+    x = torch.randn(2048, 160) @ torch.randn(160, 160) * torch.rand(160)
+    w = torch.randn(64, 160) * 0.05
+    perm = torch.randperm(160)
+    q = train_gpt.quantize_rows_gptq(w, x.T @ x, 6, 6.0, 0.01)[0]
+    q_perm = train_gpt.quantize_rows_gptq(w[:, perm], (x.T @ x)[perm][:, perm], 6, 6.0, 0.01)[0]
+    assert torch.equal(q[:, perm], q_perm)
+
+
+def test_export_rounds_by_gptq_only_the_intn_matrices_with_a_hessian():
+    state = export_state()
+    fc, proj = "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"
+    x = torch.randn(1024, 160) @ torch.randn(160, 160)
+    hessians = {fc: x.T @ x, "tok_emb.weight": x.T @ x}  # the tied embedding stays int8 regardless
+    plain = train_gpt.quantize_state_dict(state, bits=6, clip_sigmas=6.0)[0]
+    gptq = train_gpt.quantize_state_dict(state, bits=6, clip_sigmas=6.0, hessians=hessians, damp=0.01)[0]
+    expected = train_gpt.quantize_rows_gptq(state[fc], hessians[fc], 6, 6.0, 0.01)[0]
+    assert torch.equal(gptq["quantized"][fc], expected) and not torch.equal(expected, plain["quantized"][fc])
+    for name in state:
+        assert torch.equal(gptq["scales"].get(name, torch.tensor(0)), plain["scales"].get(name, torch.tensor(0)))
+        if name != fc:
+            assert torch.equal(gptq["quantized"].get(name, torch.tensor(0)), plain["quantized"].get(name, torch.tensor(0)))
+    assert gptq["qmeta"] == plain["qmeta"] and gptq.keys() == plain.keys(), "one format: the loader needs no change"
+    assert plain["quantized"][proj].shape == state[proj].shape
+
+
+class RecordingLoader:
+    """Hands out fixed token batches and remembers each request."""
+
+    def __init__(self, batches: list[torch.Tensor]):
+        self.batches, self.requests = iter(batches), []
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        self.requests.append((global_tokens, seq_len, grad_accum_steps))
+        x = next(self.batches)
+        return x, x
+
+
+def test_hessians_sum_every_linear_input_over_the_calibration_batches():
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4",
+                                          NUM_KV_HEADS="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512",
+                                          GPTQ_CALIB_BATCHES="3", TIE_EMBEDDINGS="0"))
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    batches = [torch.randint(0, 512, (1, 32)) for _ in range(3 * 2)]
+    loader = RecordingLoader(batches)
+    hessians = train_gpt.collect_hessians(model, loader, args, grad_accum_steps=2)
+    assert loader.requests == [(512, 32, 2)] * 6, "training batches, read as a training step reads them"
+    linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, train_gpt.CastedLinear)}
+    assert set(hessians) == linears and "lm_head.weight" in linears and len(linears) == 2 * 6 + 1
+    assert not any(m._forward_pre_hooks for m in model.modules()), "the hooks are gone"
+    # The first layer's attention reads the normed embedding (resid_mix starts at (1, 0)).
+    inputs = torch.cat([F.rms_norm(F.rms_norm(model.tok_emb(x).float(), (64,)), (64,))[0] for x in batches])
+    torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], inputs.T @ inputs, rtol=0.02, atol=0.5)
+    assert torch.equal(hessians["blocks.0.attn.c_q.weight"], hessians["blocks.0.attn.c_v.weight"])
+    assert hessians["blocks.0.mlp.proj.weight"].shape == (128, 128) and hessians["blocks.0.mlp.proj.weight"].dtype == torch.float32
 
 
 def test_lzma_and_zlib_artifacts_load_alike_and_say_how_they_were_made(tmp_path):

@@ -9,7 +9,16 @@ Reads the raw weights a run saves beside its artifact (artifacts/<RUN_ID>_model.
 compresses them exactly as train_gpt.py's export does under QUANT_BITS, QUANT_CLIP_SIGMAS and
 COMPRESSOR, writes the artifact (never over an existing file) and prints one line:
 
-    requantize: int6+lzma clip_sigmas:6.0 model_bytes:11234567 code_bytes:68453 total_bytes:11303020 fits:True
+    requantize: int6+lzma clip_sigmas:6.0 gptq:False model_bytes:11234567 code_bytes:68453 total_bytes:11303020 fits:True
+
+With QUANT_GPTQ=1 the rows are rounded by GPTQ, so that GPTQ and plain rounding compare on the same
+weights. Its Hessians come from the model rebuilt from the environment (the shape settings, VOCAB_SIZE,
+NUM_LAYERS, MODEL_DIM, ..., must be the run's) on GPTQ_CALIB_BATCHES training batches of DATA_PATH
+from its first shard (a run calibrates on the batches after its training, so its own GPTQ artifact
+may differ slightly), on the GPU if there is one:
+
+    QUANT_GPTQ=1 QUANT_BITS=6 DATA_PATH=./data/datasets/fineweb10B_sp8192 python3 tools/requantize.py \\
+        artifacts/RUN_model.pt artifacts/RUN_gptq6_model.int6.ptz
 
 The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT.
 """
@@ -28,7 +37,7 @@ import train_gpt as tg  # noqa: E402
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise tg.ConfigError("usage: tools/requantize.py RAW_WEIGHTS.pt OUT.ptz (settings from QUANT_BITS, "
-                             "QUANT_CLIP_SIGMAS, COMPRESSOR)")
+                             "QUANT_CLIP_SIGMAS, COMPRESSOR, QUANT_GPTQ)")
     raw, out = Path(argv[0]), Path(argv[1])
     if out.exists():
         raise tg.ConfigError(f"{out} already exists; name another output file")
@@ -39,14 +48,28 @@ def main(argv: list[str]) -> None:
     except Exception as e:
         raise tg.ConfigError(f"cannot read weights {raw} ({tg.first_line(e)}); point at the "
                              f"artifacts/<RUN_ID>_model.pt a run wrote") from None
-    obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas)
+    obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, gptq_hessians(args, state, raw),
+                                    args.gptq_damp)
     blob, _ = tg.serialize_artifact(obj, args.compressor)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
     code_bytes = len(Path(tg.__file__).read_bytes())
     total = len(blob) + code_bytes
-    print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} model_bytes:{len(blob)} "
-          f"code_bytes:{code_bytes} total_bytes:{total} fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
+    print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} gptq:{args.quant_gptq} "
+          f"model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{total} "
+          f"fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
+
+
+def gptq_hessians(args: tg.Hyperparameters, state: dict, raw: Path) -> dict | None:
+    """With QUANT_GPTQ=1, train_gpt.py's calibration of these weights on DATA_PATH's training shards."""
+    if not args.quant_gptq:
+        return None
+    train_files, _ = tg.find_shards(args.data_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = tg.build_model(args, device)
+    tg.load_weights(model, state, str(raw))
+    loader = tg.DistributedTokenLoader(train_files, args.vocab_size, 0, 1, device)
+    return tg.collect_hessians(model, loader, args, grad_accum_steps=8)
 
 
 if __name__ == "__main__":
