@@ -72,6 +72,9 @@ class Hyperparameters:
     # Validation and logging cadence. Validation always covers the whole validation split.
     val_batch_size = 524_288
     eval_stride = 256  # the final score slides windows every EVAL_STRIDE tokens; 0 or >= TRAIN_SEQ_LEN: no overlap (seed)
+    ttt_epochs = 0  # > 0: test-time training, this many SGD steps on each chunk of targets once scored
+    ttt_lr = 0.005  # its learning rate, decayed over the chunks as a cosine
+    ttt_chunk_tokens = 32768  # targets per chunk
     val_loss_every = 1000
     train_log_every = 200
 
@@ -819,6 +822,9 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 # its last s targets, so every target still counts exactly once and, after the first window, sees at
 # least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and scores
 # only what no window scored before.
+# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go
+# in chunks of TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored,
+# the model trains on its targets, all scored by then (a target's window starts no later than it).
 # -----------------------------------------------------------------------------
 
 def sliding_stride(stride: int, seq_len: int) -> int:
@@ -834,16 +840,51 @@ def window_ends(n_targets: int, seq_len: int, stride: int) -> list[int]:
     return list(range(seq_len, n_targets, stride)) + [n_targets]
 
 
-def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int,
-                    batch_seqs: int, rank: int, world_size: int, device: torch.device, stride: int = 0) -> Tensor:
-    """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the windows."""
-    ends = window_ends(val_tokens.size - 1, seq_len, stride)
-    first, last = len(ends) * rank // world_size, len(ends) * (rank + 1) // world_size
+def first_target(ends: list[int], k: int, seq_len: int) -> int:
+    """The first target window k scores: its own first, unless an earlier window scored it."""
+    return max(ends[k - 1] if k else 0, ends[k] - seq_len)
+
+
+class ScoreFirstTTT:
+    """Test-time training as the challenge allows it: SGD, momentum 0.9, on targets already scored."""
+
+    def __init__(self, params, epochs: int, lr: float, chunk_tokens: int):
+        self.epochs, self.lr, self.chunk_tokens = epochs, lr, chunk_tokens
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        self.chunks = self.train_seqs = 0  # for the log
+
+    def chunk_bounds(self, ends: list[int], seq_len: int) -> list[int]:
+        """Chunk c's windows are bounds[c] up to bounds[c + 1]."""
+        chunk_of = [first_target(ends, k, seq_len) // self.chunk_tokens for k in range(len(ends))]
+        self.chunks = chunk_of[-1] + 1
+        return np.searchsorted(chunk_of, np.arange(self.chunks + 1)).tolist()
+
+    def train_on(self, model: nn.Module, val_tokens: np.ndarray, chunk: int, seq_len: int, rank: int,
+                 world_size: int, device: torch.device) -> None:
+        """EPOCHS steps on the chunk, each rank on an equal share of its sequences (DDP averages the
+        gradients), at a learning rate decaying over the chunks as a cosine."""
+        n = self.chunk_tokens // world_size  # this rank's targets
+        first = chunk * self.chunk_tokens + rank * n
+        span = torch.from_numpy(val_tokens[first: first + n + 1].astype(np.int64)).to(device)
+        self.optimizer.param_groups[0]["lr"] = self.lr * (1 + math.cos(math.pi * chunk / (self.chunks - 1))) / 2
+        for _ in range(self.epochs):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                loss = model(span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.train_seqs += self.chunk_tokens // seq_len
+
+
+def score_windows(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
+                  device: torch.device, ends: list[int], indices: range) -> Tensor:
+    """Returns float64 [loss_sum_nats, tokens, bytes] over the windows numbered in `indices`."""
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     model.eval()
     with torch.inference_mode():
-        for b in range(first, last, batch_seqs):
-            batch = list(range(b, min(b + batch_seqs, last)))
+        for b in range(indices.start, indices.stop, batch_seqs):
+            batch = list(range(b, min(b + batch_seqs, indices.stop)))
             # A short last batch is filled up with copies of its first window, scored nowhere: every
             # batch has one shape, so the compiled model needs one graph for all of validation.
             rows = batch + [batch[0]] * (batch_seqs - len(batch))
@@ -851,7 +892,7 @@ def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables
             chunk = torch.from_numpy(windows.astype(np.int64)).to(device)
             x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
             # Offset of the first target each window scores: 0 unless an earlier window scored it.
-            skip = [max((ends[k - 1] if k else 0) - (ends[k] - seq_len), 0) for k in batch]
+            skip = [first_target(ends, k, seq_len) - (ends[k] - seq_len) for k in batch]
             skip += [seq_len] * (len(rows) - len(batch))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 losses = model(x, y, reduction="none").detach()
@@ -862,10 +903,28 @@ def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables
     return sums
 
 
+def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
+                    rank: int, world_size: int, device: torch.device, stride: int = 0,
+                    ttt: ScoreFirstTTT | None = None) -> Tensor:
+    """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the windows (with
+    ttt: of each chunk's; the model trains on every chunk but the last once it is scored)."""
+    ends = window_ends(val_tokens.size - 1, seq_len, stride)
+    bounds = ttt.chunk_bounds(ends, seq_len) if ttt else [0, len(ends)]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for c in range(len(bounds) - 1):
+        first, n = bounds[c], bounds[c + 1] - bounds[c]
+        mine = range(first + n * rank // world_size, first + n * (rank + 1) // world_size)
+        sums += score_windows(model, val_tokens, tables, seq_len, batch_seqs, device, ends, mine)
+        if c < len(bounds) - 2:
+            ttt.train_on(model, val_tokens, c, seq_len, rank, world_size, device)
+    return sums
+
+
 def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
-             rank: int, world_size: int, device: torch.device, stride: int = 0) -> tuple[float, float]:
+             rank: int, world_size: int, device: torch.device, stride: int = 0,
+             ttt: ScoreFirstTTT | None = None) -> tuple[float, float]:
     """Returns (val_loss in nats per token, val_bpb) over the whole validation split."""
-    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device, stride)
+    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device, stride, ttt)
     if world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     loss_sum, tokens, n_bytes = sums.tolist()
@@ -958,6 +1017,12 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
     if args.eval_stride < 0:
         raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 or more (0: no sliding windows)")
+    if args.ttt_epochs < 0 or args.ttt_lr < 0:
+        raise ConfigError(f"TTT_EPOCHS={args.ttt_epochs} and TTT_LR={args.ttt_lr} must be 0 or more (TTT_EPOCHS=0: off)")
+    per_chunk = world_size * args.train_seq_len  # every rank trains on as many whole sequences
+    if args.ttt_epochs and (args.ttt_chunk_tokens <= 0 or args.ttt_chunk_tokens % per_chunk):
+        raise ConfigError(f"TTT_CHUNK_TOKENS={args.ttt_chunk_tokens} must be a positive multiple of "
+                          f"WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk}")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
@@ -1131,13 +1196,13 @@ def log_submission_size(log: RunLog, label: str, total: int) -> None:
     log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
 
 
-def report_roundtrip(run: Run, evaluate, n_targets: int) -> None:
+def report_roundtrip(run: Run, evaluate, n_targets: int, ttt: ScoreFirstTTT | None = None) -> None:
     """The score of record: the rebuilt model on the whole split, in sliding windows (which score
-    all n_targets, the tail too) if EVAL_STRIDE is set."""
-    def timed(stride: int) -> tuple[float, float, float]:
+    all n_targets, the tail too) if EVAL_STRIDE is set, training score-first as it goes with ttt."""
+    def timed(stride: int, ttt: ScoreFirstTTT | None = None) -> tuple[float, float, float]:
         run.sync()
         t0 = time.perf_counter()
-        val_loss, val_bpb = evaluate(stride)
+        val_loss, val_bpb = evaluate(stride, ttt)
         run.sync()
         return val_loss, val_bpb, 1000.0 * (time.perf_counter() - t0)
 
@@ -1147,7 +1212,10 @@ def report_roundtrip(run: Run, evaluate, n_targets: int) -> None:
         run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
         run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
                 f"(after the first window) targets:{n_targets}")
-    val_loss, val_bpb, ms = timed(stride)
+    val_loss, val_bpb, ms = timed(stride, ttt)
+    if ttt:
+        run.log(f"ttt epochs:{ttt.epochs} lr:{ttt.lr} chunk_tokens:{ttt.chunk_tokens} chunks:{ttt.chunks} "
+                f"train_seqs:{ttt.train_seqs}")
     name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
     run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
     run.log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
@@ -1333,9 +1401,9 @@ def main() -> None:
             f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
     run.log(f"seed:{args.seed}")
 
-    def evaluate(stride: int = 0) -> tuple[float, float]:
+    def evaluate(stride: int = 0, ttt: ScoreFirstTTT | None = None) -> tuple[float, float]:
         return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device,
-                        stride)
+                        stride, ttt)
 
     # ---- train and export, or take an existing artifact --------------------------------------
     code_bytes = len(code.encode("utf-8"))
@@ -1355,7 +1423,9 @@ def main() -> None:
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
-    report_roundtrip(run, evaluate, val_tokens.size - 1)
+    ttt = ScoreFirstTTT(base_model.parameters(), args.ttt_epochs, args.ttt_lr, args.ttt_chunk_tokens) \
+        if args.ttt_epochs else None
+    report_roundtrip(run, evaluate, val_tokens.size - 1, ttt)
     if distributed:
         dist.barrier()  # no rank tears down while another still talks to it
         dist.destroy_process_group()

@@ -31,10 +31,10 @@ SPEC_DEFAULTS = dict(
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
                      mlp_leaky_slope=0.0, rope_dims=0, ln_scale=False, xsa=False, muon_weight_decay=0.0,
-                     quant_bits=8, compressor="zlib", quant_gptq=False)
+                     quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
-            "gptq_reserve_seconds"}
+            "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
 
 
 # ---- hyperparameters --------------------------------------------------------------------------
