@@ -871,9 +871,9 @@ class ScoreFirstTTT:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 loss = model(span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)  # the parameters it does not train too
         self.train_seqs += self.chunk_tokens // seq_len
 
 
@@ -1040,10 +1040,14 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
         raise ConfigError(f"QUANT_CLIP_SIGMAS={args.quant_clip_sigmas} must be a positive number of std deviations")
     if args.compressor not in COMPRESSORS:
         raise ConfigError(f"COMPRESSOR={args.compressor!r} is not one of {', '.join(COMPRESSORS)}")
-    if args.quant_gptq and (args.quant_bits == 8 or args.gptq_calib_batches < 1 or not args.gptq_damp > 0 or
-                            not 0 <= args.gptq_reserve_seconds < (args.max_wallclock_seconds or math.inf)):
-        raise ConfigError("QUANT_GPTQ=1 needs QUANT_BITS < 8, GPTQ_CALIB_BATCHES >= 1, GPTQ_DAMP > 0 and "
-                          "0 <= GPTQ_RESERVE_SECONDS < MAX_WALLCLOCK_SECONDS (if set); set them so")
+    cap = args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else math.inf
+    for bad, fix in ((args.quant_bits == 8, f"QUANT_BITS < 8 (not {args.quant_bits})"),
+                     (args.gptq_calib_batches < 1, f"GPTQ_CALIB_BATCHES >= 1 (not {args.gptq_calib_batches})"),
+                     (not args.gptq_damp > 0, f"GPTQ_DAMP > 0 (not {args.gptq_damp})"),
+                     (not 0 <= args.gptq_reserve_seconds < cap, f"0 <= GPTQ_RESERVE_SECONDS < MAX_WALLCLOCK_SECONDS "
+                                                               f"(not {args.gptq_reserve_seconds})")):
+        if args.quant_gptq and bad:
+            raise ConfigError(f"QUANT_GPTQ=1 needs {fix}")
 
 
 def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
@@ -1092,12 +1096,19 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
     loader.reset()
 
 
+def loop_budget_ms(args: Hyperparameters) -> float | None:
+    """The training loop's cap, which its schedules also end at. GPTQ's calibration reads training
+    data, so it is training time: the loop leaves it its reserve."""
+    if args.max_wallclock_seconds <= 0:
+        return None
+    return 1000.0 * (args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_gptq else 0.0))
+
+
 def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
-          loader: DistributedTokenLoader, evaluate) -> None:
+          loader: DistributedTokenLoader, evaluate) -> float:
+    """Returns the training time in ms."""
     args, log = run.args, run.log
-    # GPTQ's calibration reads training data, so it is training time: the loop leaves it its reserve.
-    reserve = args.gptq_reserve_seconds if args.quant_gptq else 0.0
-    max_wallclock_ms = 1000.0 * (args.max_wallclock_seconds - reserve) if args.max_wallclock_seconds > 0 else None
+    max_wallclock_ms = loop_budget_ms(args)
     training_time_ms, stop_after_step, step = 0.0, None, 0
     run.sync()
     t0 = time.perf_counter()
@@ -1147,10 +1158,11 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
     else:
         log("peak memory allocated: 0 MiB reserved: 0 MiB")
+    return training_time_ms
 
 
-def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader) -> dict[str, Tensor]:
-    """The Hessians, timed against the reserve train() left them."""
+def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, training_ms: float) -> dict[str, Tensor]:
+    """The Hessians, timed: with the loop's time, within MAX_WALLCLOCK_SECONDS?"""
     args, capped = run.args, run.args.max_wallclock_seconds > 0
     run.sync()
     t0 = time.perf_counter()
@@ -1160,9 +1172,9 @@ def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader) ->
     n = args.gptq_calib_batches
     run.log(f"gptq_calibration batches:{n} tokens:{n * args.train_batch_tokens} time:{ms:.0f}ms "
             f"reserve:{reserve_ms:.0f}ms")
-    if capped and ms > reserve_ms:
-        run.log("warning: calibration overran its reserve, so training overran MAX_WALLCLOCK_SECONDS: "
-                "raise GPTQ_RESERVE_SECONDS")
+    if capped and training_ms + ms > 1000.0 * args.max_wallclock_seconds:
+        run.log(f"warning: training {training_ms:.0f}ms + calibration overran MAX_WALLCLOCK_SECONDS: "
+                f"raise GPTQ_RESERVE_SECONDS")
     return hessians
 
 
@@ -1413,8 +1425,8 @@ def main() -> None:
     else:
         if args.warmup_steps > 0:
             warmup_and_reset(run, model, base_model, optimizers, loader)
-        train(run, model, base_model, optimizers, muon, loader, evaluate)
-        hessians = calibrate_gptq(run, base_model, loader) if args.quant_gptq else None
+        training_ms = train(run, model, base_model, optimizers, muon, loader, evaluate)
+        hessians = calibrate_gptq(run, base_model, loader, training_ms) if args.quant_gptq else None
         export(run, base_model, code_bytes, paths, hessians)
         if distributed:
             dist.barrier()  # the artifact is on disk before any rank reads it
@@ -1423,7 +1435,9 @@ def main() -> None:
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
-    ttt = ScoreFirstTTT(base_model.parameters(), args.ttt_epochs, args.ttt_lr, args.ttt_chunk_tokens) \
+    # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
+    ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs,
+                        args.ttt_lr, args.ttt_chunk_tokens) \
         if args.ttt_epochs else None
     report_roundtrip(run, evaluate, val_tokens.size - 1, ttt)
     if distributed:

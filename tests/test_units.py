@@ -198,6 +198,16 @@ def test_lr_multiplier_under_a_wallclock_cap(step, elapsed_ms, expected):
     assert train_gpt.lr_multiplier(step, elapsed_ms, 20000, 10, 10_000.0) == pytest.approx(expected)
 
 
+def test_loop_budget_leaves_gptq_its_reserve_and_the_warmdown_ends_there():
+    args = train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="30", QUANT_GPTQ="1", GPTQ_RESERVE_SECONDS="27"))
+    budget = train_gpt.loop_budget_ms(args)
+    assert budget == 3000.0
+    assert train_gpt.lr_multiplier(30, 3000.0, 20000, 0, budget, warmdown_frac=1.0) == 0.0
+    assert train_gpt.lr_multiplier(15, 1500.0, 20000, 0, budget, warmdown_frac=1.0) == pytest.approx(0.5)
+    assert train_gpt.loop_budget_ms(train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="30"))) == 30_000.0
+    assert train_gpt.loop_budget_ms(train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="0", QUANT_GPTQ="1"))) is None
+
+
 def test_lr_multiplier_without_warmdown_is_flat():
     assert train_gpt.lr_multiplier(99, 9990.0, 100, 0, 10_000.0) == 1.0
 
@@ -366,14 +376,15 @@ def test_gptq_keeps_the_layer_output_closer_than_rounding_to_nearest(bits):
 
 def test_gptq_without_input_correlation_is_rounding_to_nearest():
     """A diagonal H (uncorrelated inputs; damping keeps it diagonal) gives no error anything to move
-    onto: exactly round-to-nearest, whatever the inputs' energies, a dead input (diag 0) included."""
+    onto: exactly round-to-nearest, whatever the inputs' energies, even with no input ever nonzero
+    (H = 0, which damping alone cannot make invertible)."""
     torch.manual_seed(0)
     w = torch.randn(96, 300) * 0.05
     w[:, 7] = 1.0  # beyond the clip: the outer level, as round-to-nearest
     q_rtn, s_rtn = train_gpt.quantize_rows_sd(w, 6, 6.0)
     energies = torch.rand(300)
     energies[11] = 0.0
-    for hessian in (torch.eye(300), torch.diag(energies)):
+    for hessian in (torch.eye(300), torch.diag(energies), torch.zeros(300, 300)):
         q, scale = train_gpt.quantize_rows_gptq(w, hessian, 6, 6.0, damp=0.01)
         assert torch.equal(q, q_rtn) and torch.equal(scale, s_rtn)
 
