@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
+GRAD_ACCUM_STEPS = 8  # train_gpt.py's micro-steps per batch in one process (8 // WORLD_SIZE)
+
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> None:
     if out.exists():
         raise tg.ConfigError(f"{out} already exists; name another output file")
     args = tg.Hyperparameters()
-    tg.check_shapes(args, world_size=1, grad_accum_steps=8)  # the export settings are checked there
+    tg.check_shapes(args, world_size=1, grad_accum_steps=GRAD_ACCUM_STEPS)  # the export settings are checked there
     try:
         state = torch.load(raw, map_location="cpu")
     except Exception as e:
@@ -69,7 +71,7 @@ def gptq_hessians(args: tg.Hyperparameters, state: dict, raw: Path) -> dict | No
     model = tg.build_model(args, device)
     tg.load_weights(model, state, str(raw))
     loader = tg.DistributedTokenLoader(train_files, args.vocab_size, 0, 1, device)
-    return tg.collect_hessians(model, loader, args, grad_accum_steps=8)
+    return tg.collect_hessians(model, loader, args, grad_accum_steps=GRAD_ACCUM_STEPS)
 
 
 if __name__ == "__main__":
