@@ -30,7 +30,7 @@ SPEC_DEFAULTS = dict(
 
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
-                     mlp_leaky_slope=0.0, rope_dims=0, ln_scale=False, xsa=False, muon_weight_decay=0.0,
+                     mlp_leaky_slope=0.0, muon_weight_decay=0.0,
                      quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
@@ -59,8 +59,7 @@ def test_readme_seed_environment_selects_the_seed_math():
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
     model = train_gpt.build_model(args, torch.device("cpu"))
-    assert not any(block.attn.expand_kv or block.attn.xsa or block.norm_scale != 1.0 for block in model.blocks)
-    assert model.rope_dims == args.model_dim // args.num_heads and model.blocks[0].mlp.leaky_slope == 0
+    assert not any(block.attn.expand_kv for block in model.blocks) and model.blocks[0].mlp.leaky_slope == 0
 
 
 def test_environment_overrides_and_types():
@@ -484,7 +483,7 @@ def test_export_names_follow_the_settings():
 # ---- the model --------------------------------------------------------------------------------
 
 # Every model switch beyond the seed, on.
-BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", ROPE_DIMS="8", LN_SCALE="1", XSA="1")
+BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
     args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
@@ -513,28 +512,6 @@ def test_rotary_angles_are_float32_and_positions_exact():
     torch.testing.assert_close(rotated.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
 
 
-def test_partial_rotary_rotates_only_the_first_dimensions():
-    cos, sin = train_gpt.rotary_tables(64, 16, 10000.0, torch.device("cpu"))
-    x = torch.randn(2, 3, 64, 48)
-    rotated = train_gpt.apply_rotary(x, cos, sin)
-    assert torch.equal(rotated[..., 16:], x[..., 16:])
-    torch.testing.assert_close(rotated[..., :16].norm(dim=-1), x[..., :16].norm(dim=-1))
-    # the 16 rotated dimensions are exactly a full rotary of a 16-dimensional head
-    torch.testing.assert_close(rotated[..., :16], train_gpt.apply_rotary(x[..., :16].contiguous(), cos, sin))
-    assert not torch.allclose(rotated[..., 1:, :16], x[..., 1:, :16])
-
-
-def test_exclusive_self_attention_removes_the_own_value_direction():
-    torch.manual_seed(0)
-    y, v = torch.randn(2, 6, 10, 8), torch.randn(2, 3, 10, 8)  # 6 query heads read 3 KV heads
-    out = train_gpt.exclude_own_value(y, v)
-    v_for_head = v.repeat_interleave(2, dim=1)  # query head h reads KV head h // 2
-    assert (out * v_for_head).sum(-1).abs().max() < 1e-5, "nothing left along the own value"
-    v_dir = torch.nn.functional.normalize(v_for_head, dim=-1)
-    torch.testing.assert_close(out, y - (y * v_dir).sum(-1, keepdim=True) * v_dir)
-    torch.testing.assert_close(train_gpt.exclude_own_value(y, v_for_head), out)  # cuDNN's expanded layout
-
-
 def test_seed_switches_compute_the_seed_block():
     torch.manual_seed(0)
     x, mlp = torch.randn(4, 16), train_gpt.MLP(16, 2, 0.0)
@@ -543,8 +520,6 @@ def test_seed_switches_compute_the_seed_block():
     mlp.leaky_slope = 0.5
     h = mlp.fc(x)
     torch.testing.assert_close(mlp(x), mlp.proj(torch.where(h > 0, h, 0.5 * h).square()))
-    args = train_gpt.Hyperparameters(dict(LN_SCALE="1", NUM_LAYERS="4"))
-    assert [b.norm_scale for b in train_gpt.GPT(args).blocks] == pytest.approx([1, 2 ** -0.5, 3 ** -0.5, 0.5])
 
 
 def test_model_and_newton_schulz_trace_as_single_graphs():
@@ -612,9 +587,8 @@ def test_muon_on_several_ranks_matches_one_rank(tmp_path, world_size):
             torch.testing.assert_close(b, a, rtol=0, atol=0.05 * 0.02 * 2)  # bf16 noise of a batched matmul
 
 
-@pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])
-def test_cudnn_layout_computes_the_same_attention(features):
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
+def test_cudnn_layout_computes_the_same_attention():
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
     native = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="flash")), torch.device("cpu"))
     expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
     assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv
