@@ -997,7 +997,7 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     per_chunk = world_size * args.train_seq_len  # every rank trains on as many whole sequences
     if args.ttt_epochs and (args.ttt_chunk_tokens <= 0 or args.ttt_chunk_tokens % per_chunk):
         raise ConfigError(f"TTT_CHUNK_TOKENS={args.ttt_chunk_tokens} must be a positive multiple of "
-                          f"WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk}")
+                          f"WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk} (or TTT_EPOCHS=0: no test-time training)")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
