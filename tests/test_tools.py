@@ -224,6 +224,7 @@ def test_summarize_real_runs_and_lists_broken_ones(first_run, tmp_path, capsys):
     assert run.steps == run.iterations == 12 and run.artifact_bytes == (cwd / "artifacts" / "first_model.int8.ptz"
                                                                          ).stat().st_size + run.code_bytes
     assert f"{run.roundtrip_val_bpb:.8f}" in complete and "| complete |" in complete
+    assert f"| {run.eval_time_ms / 1000:.1f} | {run.artifact_bytes:,} |" in complete  # the final score's time
     assert "| truncated |" in broken and "| 12/12 |" in broken and broken.endswith("| - | - | - | - |")
 
 
@@ -233,6 +234,8 @@ def test_committed_gpu_logs_parse():
     assert (base.state, base.steps, base.val_bpb, base.roundtrip_val_bpb) == ("complete", 607, 1.4668, 1.45983384)
     assert base.artifact_bytes == 14_114_949 and base.hardware == "NVIDIA_H200 x1"
     assert (feat.steps, feat.val_bpb, feat.roundtrip_val_bpb) == (587, 1.4826, 1.48445231)
+    ttt = records.parse_log(ROOT / "results" / "p180_v5" / "def_s1338_ttt3.txt")  # an artifact scored with TTT
+    assert (ttt.state, ttt.roundtrip_val_bpb, ttt.eval_time_ms) == ("eval-only", 1.40433498, 21433.0)
 
 
 def test_plot_writes_a_png(first_run, tmp_path):

@@ -211,11 +211,11 @@ def fmt(value, spec: str = "") -> str:
 def cmd_summarize(args) -> int:
     runs = [parse_log(p) for p in args.logs]
     header = ["run_id", "state", "seed", "world", "hardware", "steps", "step_avg_ms", "val_loss", "val_bpb",
-              "rt_val_loss", "rt_val_bpb", "artifact_bytes", "peak_MiB"]
+              "rt_val_loss", "rt_val_bpb", "final_eval_s", "artifact_bytes", "peak_MiB"]
     rows = [[r.run_id, r.state, fmt(r.seed), fmt(r.world_size), fmt(r.hardware),
              f"{fmt(r.steps)}/{fmt(r.iterations)}", fmt(r.step_avg_ms, ".2f"), fmt(r.val_loss, ".4f"),
              fmt(r.val_bpb, ".4f"), fmt(r.roundtrip_val_loss, ".8f"), fmt(r.roundtrip_val_bpb, ".8f"),
-             fmt(r.artifact_bytes, ","), fmt(r.peak_alloc_mib)] for r in runs]
+             fmt(r.eval_time_ms and r.eval_time_ms / 1000, ".1f"), fmt(r.artifact_bytes, ","), fmt(r.peak_alloc_mib)] for r in runs]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
