@@ -324,7 +324,7 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 # learned mix of each block's input with the embedding (resid_mix), QK-norm, RoPE, a learned
 # per-head query gain, grouped KV heads, relu^2 MLPs, a tied embedding and a tanh logit cap.
 # Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul. Later records'
-# variants (partial RoPE, XSA, leaky relu^2, layer scales) are switches, off unless measured to help.
+# variants are switches, off unless measured to help (partial RoPE, XSA and layer scales lost: removed).
 # -----------------------------------------------------------------------------
 
 # Small per-channel parameters that gate the residual stream: Adam, fp32, kept in fp32 at export.
@@ -1166,8 +1166,10 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
     log(f"Serialized model: {raw_bytes} bytes")
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ in full fp32
     quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
                                                  args.gptq_damp)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)

@@ -88,13 +88,14 @@ def tiny_env(dataset: Path, tokenizer: Path, **overrides) -> dict[str, str]:
     makes the embedding and the MLP matrices big enough for the int8 path of the export. It uses
     the step-count schedules: its learning rates are high, and a run of ITERATIONS=4 stays stable
     only because WARMDOWN_ITERS=10 decays it from the first step. It exports the seed's int8+zlib,
-    whose log lines SPEC.md fixes; tests of other exports say so."""
+    whose log lines SPEC.md fixes, and scores without test-time training (its validation split is
+    under one TTT chunk anyway); tests of other exports, and of TTT, say so."""
     env = dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), VOCAB_SIZE=str(VOCAB_SIZE), NUM_LAYERS="2",
                MODEL_DIM="192", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="1024",
                VAL_BATCH_SIZE="4096", ITERATIONS="30", WARMUP_STEPS="2", WARMDOWN_ITERS="10", VAL_LOSS_EVERY="0",
                TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", COMPILE="0", SEED="1", MATRIX_LR="0.04",
                TIED_EMBED_LR="0.1", SCALAR_LR="0.04", WARMDOWN_FRAC="0", MUON_MOMENTUM_WARMUP_FRAC="0",
-               QUANT_BITS="8", COMPRESSOR="zlib")
+               QUANT_BITS="8", COMPRESSOR="zlib", TTT_EPOCHS="0")
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

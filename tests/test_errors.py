@@ -112,10 +112,10 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
     (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more (0: no sliding windows)"),
     (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 and TTT_LR=0.005 must be 0 or more"),
-    (dict(TTT_LR="-0.1"), "TTT_EPOCHS=3 and TTT_LR=-0.1 must be 0 or more"),
+    (dict(TTT_LR="-0.1"), "TTT_EPOCHS=0 and TTT_LR=-0.1 must be 0 or more"),
     (dict(TTT_EPOCHS="3", TTT_CHUNK_TOKENS="0"), "TTT_CHUNK_TOKENS=0 must be a positive multiple of"),
-    (dict(TTT_CHUNK_TOKENS="100"), "TTT_CHUNK_TOKENS=100 must be a positive multiple of WORLD_SIZE*TRAIN_SEQ_LEN = 64 "
-                                   "(or TTT_EPOCHS=0: no test-time training)"),  # on by default
+    (dict(TTT_EPOCHS="3", TTT_CHUNK_TOKENS="100"), "TTT_CHUNK_TOKENS=100 must be a positive multiple of WORLD_SIZE*"
+                                                   "TRAIN_SEQ_LEN = 64 (or TTT_EPOCHS=0: no test-time training)"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
     (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8"),
     (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be a positive number"),

@@ -4,10 +4,10 @@
 #   [VOCAB=1024] [SWEEP="7:6 6:6 8:1"] bash tools/p180.sh NAME SEED "ENV ..." [NAME SEED "ENV ..." ...]
 # Shards: BENCH.md's split, tokenized with .bench/tokenizers/fineweb_${VOCAB}_bpe.model (VOCAB
 # default 8192, train_gpt.py's), with the corpus's last 2,500 documents held back from training as
-# a second validation set; each artifact is rescored on it (COMPILE=0). SWEEP re-exports each run's
-# weights as BITS:CLIP_SIGMAS with lzma (tools/requantize.py) and scores each export without
-# sliding windows (8:any = int8+lzma, size only); HOLDOUT=0 skips the holdout score. Logs and
-# summaries go to $RESULTS (default $OUT).
+# a second validation set; each artifact is rescored on it (as its run scored, TTT included). SWEEP
+# re-exports each run's weights as BITS:CLIP_SIGMAS with lzma (tools/requantize.py) and scores each
+# export without sliding windows or TTT (8:any = int8+lzma, size only); HOLDOUT=0 skips the holdout
+# score. Logs and summaries go to $RESULTS (default $OUT).
 # Needs .bench/ (corpus/ and tokenizers/ copied from ../shared, see BENCH.md) carried to the GPU
 # machine.
 set -u; export PYTHONUNBUFFERED=1
@@ -33,7 +33,7 @@ while [ $# -ge 3 ]; do
   [ $rc -eq 0 ] && [ -n "$art" ] || { tail -20 /tmp/$rid.out; continue; }  # never score an earlier run's files
   if [ "${HOLDOUT:-1}" != 0 ]; then
     t0=$(date +%s)
-    env $common $extra COMPILE=0 EVAL_ARTIFACT=$art RUN_ID=${rid}_holdout DATA_PATH=$HOLD \
+    env $common $extra EVAL_ARTIFACT=$art RUN_ID=${rid}_holdout DATA_PATH=$HOLD \
       torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/${rid}_holdout.out 2>&1
     echo "== ${rid}_holdout rc=$? wall=$(( $(date +%s) - t0 ))s"
     grep -E "^(roundtrip_without|final_.*roundtrip )" /tmp/${rid}_holdout.out || tail -5 /tmp/${rid}_holdout.out
@@ -48,7 +48,7 @@ while [ $# -ge 3 ]; do
   for v in $SWEEP; do
     b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; cat /tmp/$q.req
     [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
-    env $common $extra COMPILE=0 EVAL_STRIDE=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
+    env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
       python3 train_gpt.py > /tmp/$q.out 2>&1 &
   done; wait
   for v in $SWEEP; do

@@ -2,8 +2,8 @@
 
     QUANT_BITS=6 QUANT_CLIP_SIGMAS=6 COMPRESSOR=lzma python3 tools/requantize.py \\
         artifacts/RUN_model.pt artifacts/RUN_q6s6_model.int6.ptz
-    EVAL_ARTIFACT=artifacts/RUN_q6s6_model.int6.ptz EVAL_STRIDE=0 RUN_ID=RUN_q6s6 \\
-        torchrun --standalone --nproc_per_node=1 train_gpt.py      # its score
+    EVAL_ARTIFACT=artifacts/RUN_q6s6_model.int6.ptz EVAL_STRIDE=0 TTT_EPOCHS=0 RUN_ID=RUN_q6s6 \\
+        torchrun --standalone --nproc_per_node=1 train_gpt.py      # its score, as the run's roundtrip_without_sliding
 
 Reads the raw weights a run saves beside its artifact (artifacts/<RUN_ID>_model.pt), quantizes and
 compresses them exactly as train_gpt.py's export does under QUANT_BITS, QUANT_CLIP_SIGMAS and
@@ -25,6 +25,7 @@ The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
     raw, out = Path(argv[0]), Path(argv[1])
     if out.exists():
         raise tg.ConfigError(f"{out} already exists; name another output file")
-    args = tg.Hyperparameters()
+    args = tg.Hyperparameters({**os.environ, "TTT_EPOCHS": "0"})  # no evaluation here, so no TTT chunk rule
     tg.check_shapes(args, world_size=1, grad_accum_steps=GRAD_ACCUM_STEPS)  # the export settings are checked there
     try:
         state = torch.load(raw, map_location="cpu")
