@@ -139,8 +139,8 @@ def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_p
 
 
 def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
-    env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", QK_GAIN_INIT="5", MUON_WEIGHT_DECAY="0.04", EVAL_STRIDE="16",
-                   WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", QK_GAIN_INIT="5",
+                   MUON_WEIGHT_DECAY="0.04", EVAL_STRIDE="16", WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     lines = parse(run.stdout)

@@ -215,7 +215,8 @@ def cmd_summarize(args) -> int:
     rows = [[r.run_id, r.state, fmt(r.seed), fmt(r.world_size), fmt(r.hardware),
              f"{fmt(r.steps)}/{fmt(r.iterations)}", fmt(r.step_avg_ms, ".2f"), fmt(r.val_loss, ".4f"),
              fmt(r.val_bpb, ".4f"), fmt(r.roundtrip_val_loss, ".8f"), fmt(r.roundtrip_val_bpb, ".8f"),
-             fmt(r.eval_time_ms and r.eval_time_ms / 1000, ".1f"), fmt(r.artifact_bytes, ","), fmt(r.peak_alloc_mib)] for r in runs]
+             fmt(r.eval_time_ms and r.eval_time_ms / 1000, ".1f"), fmt(r.artifact_bytes, ","),
+             fmt(r.peak_alloc_mib)] for r in runs]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
