@@ -669,6 +669,7 @@ def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float
     h.diagonal().add_(damp * h.diagonal().mean())
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
     q = torch.empty_like(w)
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # full fp32, any caller
     for start in range(0, w.size(1), 128):  # lazy batches: columns past the block get one update per block
         end = min(start + 128, w.size(1))
         err = torch.empty_like(w[:, start:end])
@@ -677,6 +678,7 @@ def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float
             err[:, j - start] = (w[:, j] - q[:, j] * s) / u[j, j]
             w[:, j + 1:end] -= err[:, j - start, None] * u[j, j + 1:end]
         w[:, end:] -= err @ u[start:end, end:]
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     return q[:, order.argsort()].to(torch.int8), scale
 
 
@@ -1166,10 +1168,8 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
     log(f"Serialized model: {raw_bytes} bytes")
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ in full fp32
     quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
                                                  args.gptq_damp)
-    torch.backends.cuda.matmul.allow_tf32 = tf32
     blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
