@@ -99,6 +99,7 @@ class Hyperparameters:
     logit_softcap = 30.0
     qk_gain_init = 1.5
     mlp_leaky_slope = 0.0  # MLP activation leaky_relu(x, slope)^2; 0: relu^2 (the seed)
+    parallel_layers = 0  # the last this many blocks run attention and MLP side by side (GPT-J); 0: in sequence
 
     # Optimizers.
     embed_lr = 0.6
@@ -117,6 +118,7 @@ class Hyperparameters:
     adam_eps = 1e-8
     grad_clip_norm = 0.0  # 0: off
     muon_weight_decay = 0.0  # decoupled: each Muon matrix shrinks by lr * this per step
+    muon_row_norm = False  # MuonEq-R: each row of the momentum update scaled to unit norm before Newton-Schulz
 
     # Export.
     quant_bits = 7  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
@@ -398,8 +400,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: Hyperparameters):
+    def __init__(self, args: Hyperparameters, parallel: bool = False):
         super().__init__()
+        self.parallel = parallel  # attention and MLP both read the block's input, so neither waits for the other
         dim = args.model_dim
         self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
                                         expand_kv=args.sdpa_backend == "cudnn")
@@ -411,7 +414,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(F.rms_norm(x, (x.size(-1),)), rope)
+        normed = F.rms_norm(x, (x.size(-1),))
+        attn = self.attn_scale.to(x.dtype) * self.attn(normed, rope)
+        if self.parallel:
+            return x + attn + self.mlp_scale.to(x.dtype) * self.mlp(normed)
+        x = x + attn
         return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
 
 
@@ -424,7 +431,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
         self.num_encoder_layers = layers // 2
         self.skip_weights = nn.Parameter(torch.ones(min(layers // 2, layers - layers // 2), dim))
-        self.blocks = nn.ModuleList(Block(args) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(args, parallel=i >= layers - args.parallel_layers) for i in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
         # Output projections start at zero so every block begins as the identity.
         zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
@@ -503,9 +510,10 @@ class Muon(torch.optim.Optimizer):
     all-reduce of a flat bf16 buffer then gives every rank every update."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
-                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0):
+                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0,
+                 row_norm: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
-                                      weight_decay=weight_decay))
+                                      weight_decay=weight_decay, row_norm=row_norm))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
 
     @torch.no_grad()
@@ -527,7 +535,10 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(momentum).add_(p.grad)
                 by_shape.setdefault(p.shape, []).append((i, p.grad.add(buf, alpha=momentum)))  # Nesterov
             for shape, items in by_shape.items():
-                u = self.orthogonalize(torch.stack([g for _, g in items]), steps=group["backend_steps"])
+                g = torch.stack([grad for _, grad in items])
+                if group["row_norm"]:  # equal-norm rows: no output unit's update dominates the orthogonalization
+                    g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+                u = self.orthogonalize(g, steps=group["backend_steps"])
                 u = u * max(1.0, shape[0] / shape[1]) ** 0.5
                 for (i, _), u_i in zip(items, u):
                     updates[offsets[i]: offsets[i + 1]] = u_i.flatten()
@@ -558,7 +569,7 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
 
     token_lr = args.tied_embed_lr if model.lm_head is None else args.embed_lr
     muon = Muon(matrices, args.matrix_lr, args.muon_momentum, args.muon_backend_steps, rank, world_size, orthogonalize,
-                args.muon_weight_decay)
+                args.muon_weight_decay, args.muon_row_norm)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     optimizers = [adam([model.tok_emb.weight], token_lr), muon, adam(scalars, args.scalar_lr)]
     if head:
@@ -986,6 +997,8 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
+    if not 0 <= args.parallel_layers <= args.num_layers:
+        raise ConfigError(f"PARALLEL_LAYERS={args.parallel_layers} must be in 0..NUM_LAYERS={args.num_layers}")
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")

@@ -109,6 +109,7 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(ITERATIONS="-1"), "ITERATIONS=-1 must be 0 or more"),
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
+    (dict(PARALLEL_LAYERS="9"), "PARALLEL_LAYERS=9 must be in 0..NUM_LAYERS="),
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
     (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more (0: no sliding windows)"),
     (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 and TTT_LR=0.005 must be 0 or more"),

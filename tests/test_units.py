@@ -30,7 +30,7 @@ SPEC_DEFAULTS = dict(
 
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
-                     mlp_leaky_slope=0.0, muon_weight_decay=0.0,
+                     mlp_leaky_slope=0.0, parallel_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
                      quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
@@ -59,7 +59,8 @@ def test_readme_seed_environment_selects_the_seed_math():
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
     model = train_gpt.build_model(args, torch.device("cpu"))
-    assert not any(block.attn.expand_kv for block in model.blocks) and model.blocks[0].mlp.leaky_slope == 0
+    assert not any(block.attn.expand_kv or block.parallel for block in model.blocks)
+    assert model.blocks[0].mlp.leaky_slope == 0
 
 
 def test_environment_overrides_and_types():
@@ -176,6 +177,27 @@ def test_muon_weight_decay_is_decoupled_and_follows_the_scheduled_lr():
         opt.step()
     update = plain.detach() - start
     torch.testing.assert_close(decayed.detach(), start * (1 - 0.05 * 0.5) + update, rtol=0, atol=1e-6)
+
+
+def test_muon_row_norm_gives_every_row_of_the_update_unit_norm_before_orthogonalizing():
+    torch.manual_seed(0)
+    start, g = torch.randn(64, 32), torch.randn(64, 32) * torch.linspace(0.01, 10, 64)[:, None]
+    w = torch.nn.Parameter(start.clone())
+    muon = train_gpt.Muon([w], lr=0.1, momentum=0.9, backend_steps=5, orthogonalize=lambda G, steps: G,
+                          row_norm=True)
+    w.grad = g.clone()
+    muon.step()
+    nesterov = 1.9 * g  # first step: buffer = g, update = g + 0.9 * buffer
+    rows = nesterov / nesterov.norm(dim=-1, keepdim=True)
+    expected = start - 0.1 * (rows * 2 ** 0.5).bfloat16().float()  # rows/cols = 2
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-6)
+    # Off (the seed), the same step keeps the rows' 1000x spread in norm.
+    plain = torch.nn.Parameter(start.clone())
+    muon = train_gpt.Muon([plain], lr=0.1, momentum=0.9, backend_steps=5, orthogonalize=lambda G, steps: G)
+    plain.grad = g.clone()
+    muon.step()
+    norms = (start - plain.detach()).norm(dim=-1)
+    assert norms.max() / norms.min() > 500
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -483,7 +505,7 @@ def test_export_names_follow_the_settings():
 # ---- the model --------------------------------------------------------------------------------
 
 # Every model switch beyond the seed, on.
-BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5")
+BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
     args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
@@ -520,6 +542,31 @@ def test_seed_switches_compute_the_seed_block():
     mlp.leaky_slope = 0.5
     h = mlp.fc(x)
     torch.testing.assert_close(mlp(x), mlp.proj(torch.where(h > 0, h, 0.5 * h).square()))
+
+
+def test_parallel_layers_feed_attention_and_mlp_the_same_input():
+    torch.manual_seed(0)
+    env = dict(VOCAB_SIZE="64", NUM_LAYERS="3", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", PARALLEL_LAYERS="2")
+    args = train_gpt.Hyperparameters(env)
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    assert [block.parallel for block in model.blocks] == [False, True, True]  # the last two
+    block = model.blocks[1]
+    for linear in (block.attn.proj, block.mlp.proj):
+        torch.nn.init.normal_(linear.weight, std=0.1)
+    with torch.no_grad():
+        block.resid_mix[1].fill_(0.5)
+        block.mlp_scale.fill_(0.7)
+    x, x0 = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    rope = train_gpt.rotary_tables(8, 8, 10000.0, torch.device("cpu"))
+    mixed = x + 0.5 * x0
+    normed = torch.nn.functional.rms_norm(mixed, (32,))
+    expected = mixed + block.attn(normed, rope) + 0.7 * block.mlp(normed)
+    torch.testing.assert_close(block(x, x0, rope), expected)
+    block.parallel = False  # in sequence (the seed), the MLP reads the attention's output too
+    after_attn = mixed + block.attn(normed, rope)
+    sequential = after_attn + 0.7 * block.mlp(torch.nn.functional.rms_norm(after_attn, (32,)))
+    torch.testing.assert_close(block(x, x0, rope), sequential)
+    assert not torch.allclose(sequential, expected)
 
 
 def test_model_and_newton_schulz_trace_as_single_graphs():
