@@ -100,6 +100,9 @@ class Hyperparameters:
     qk_gain_init = 1.5
     mlp_leaky_slope = 0.0  # MLP activation leaky_relu(x, slope)^2; 0: relu^2 (the seed)
     parallel_layers = 0  # the last this many blocks run attention and MLP side by side (GPT-J); 0: in sequence
+    recur_layers = 0  # > 0: depth recurrence, blocks RECUR_START.. (this many) run twice once it switches on
+    recur_start = 3  # the first block of the repeated run
+    recur_from_frac = 0.35  # recurrence switches on after this fraction of the budget (the records': 0.35)
 
     # Optimizers.
     embed_lr = 0.6
@@ -429,8 +432,10 @@ class GPT(nn.Module):
         self.rope_base, self.logit_softcap = args.rope_base, args.logit_softcap
         self.head_dim = dim // args.num_heads
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
-        self.num_encoder_layers = layers // 2
-        self.skip_weights = nn.Parameter(torch.ones(min(layers // 2, layers - layers // 2), dim))
+        self.recur_start, self.recur_layers = args.recur_start, args.recur_layers
+        self.looped = False  # set by the training loop; compiled graphs are guarded on it (one graph each way)
+        # One skip weight per encoder/decoder pair of the deepest (looped) order.
+        self.skip_weights = nn.Parameter(torch.ones((layers + args.recur_layers) // 2, dim))
         self.blocks = nn.ModuleList(Block(args, parallel=i >= layers - args.parallel_layers) for i in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
         # Output projections start at zero so every block begins as the identity.
@@ -442,16 +447,26 @@ class GPT(nn.Module):
         for linear in zero_init:
             nn.init.zeros_(linear.weight)
 
+    def block_order(self) -> list[int]:
+        """The blocks in the order they run: looped, RECUR_LAYERS blocks from RECUR_START run twice."""
+        order = list(range(len(self.blocks)))
+        if self.looped and self.recur_layers:
+            end = self.recur_start + self.recur_layers
+            order = order[:end] + order[self.recur_start:end] + order[end:]
+        return order
+
     def logits(self, input_ids: Tensor) -> Tensor:
         x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
         x0 = x
         rope = rotary_tables(input_ids.size(1), self.head_dim, self.rope_base, input_ids.device)
+        order = self.block_order()
+        encoder_layers = len(order) // 2  # the U-Net: the first half's outputs feed the second half
         skips = []
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_encoder_layers and skips:
-                x = x + self.skip_weights[i - self.num_encoder_layers].to(x.dtype) * skips.pop()
-            x = block(x, x0, rope)
-            if i < self.num_encoder_layers:
+        for j, i in enumerate(order):
+            if j >= encoder_layers and skips:
+                x = x + self.skip_weights[j - encoder_layers].to(x.dtype) * skips.pop()
+            x = self.blocks[i](x, x0, rope)
+            if j < encoder_layers:
                 skips.append(x)
         x = F.rms_norm(x, (x.size(-1),))
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
@@ -997,6 +1012,10 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
+    if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and args.recur_start + args.recur_layers <= args.num_layers
+                                  and 0 <= args.recur_from_frac < 1):
+        raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
+                          f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1)")
     if not 0 <= args.parallel_layers <= args.num_layers:
         raise ConfigError(f"PARALLEL_LAYERS={args.parallel_layers} must be in 0..NUM_LAYERS={args.num_layers}")
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
@@ -1076,11 +1095,13 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     n = run.args.warmup_steps
     for step in range(1, n + 1):
+        base_model.looped = run.args.recur_layers > 0 and step > n // 2  # compile the looped graph too
         forward_backward(run, model, loader)
         optimizer_step(optimizers, base_model, 1.0, run.args.grad_clip_norm)
         if n <= 20 or step % 10 == 0 or step == n:
             run.log(f"warmup_step:{step}/{n}")
     base_model.load_state_dict(weights, strict=True)
+    base_model.looped = False
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
     loader.reset()
@@ -1118,12 +1139,14 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
             break
 
         elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        used = budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms)
+        if args.recur_layers and not base_model.looped and used >= args.recur_from_frac:
+            base_model.looped = True
+            log(f"recurrence:on step:{step} order:{','.join(map(str, base_model.block_order()))}")
         lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms,
                                  args.warmdown_frac)
         train_loss = forward_backward(run, model, loader)
-        done = warmup_done(step, args.muon_momentum_warmup_steps,
-                           budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms),
-                           args.muon_momentum_warmup_frac)
+        done = warmup_done(step, args.muon_momentum_warmup_steps, used, args.muon_momentum_warmup_frac)
         muon.param_groups[0]["momentum"] = muon_momentum_at(done, args.muon_momentum_warmup_start, args.muon_momentum)
         optimizer_step(optimizers, base_model, lr_scale, args.grad_clip_norm)
         step += 1
@@ -1425,6 +1448,7 @@ def main() -> None:
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
+    base_model.looped = args.recur_layers > 0  # as the model trained last (RECUR_FROM_FRAC < 1)
     # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
     ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs,
                         args.ttt_lr, args.ttt_chunk_tokens) \

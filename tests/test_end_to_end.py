@@ -140,10 +140,13 @@ def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_p
 
 def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", QK_GAIN_INIT="5",
-                   MUON_WEIGHT_DECAY="0.04", EVAL_STRIDE="16", WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
+                   MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1", PARALLEL_LAYERS="1", RECUR_LAYERS="1",
+                   RECUR_START="0", EVAL_STRIDE="16", WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     lines = parse(run.stdout)
+    # 0.35 of ITERATIONS=30 is spent after step 10.5: block 0 runs twice from step 11 on, and in the score
+    assert "\nrecurrence:on step:11 order:0,0,1\n" in run.stdout
     losses = train_losses(run.stdout)
     assert max(losses[28], losses[29], losses[30]) < losses[1] - 1.0, losses
     artifact = tmp_path / "artifacts" / "beyond_model.int8.ptz"

@@ -110,6 +110,8 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
     (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
     (dict(PARALLEL_LAYERS="9"), "PARALLEL_LAYERS=9 must be in 0..NUM_LAYERS="),
+    (dict(RECUR_LAYERS="2", RECUR_START="1"), "RECUR_LAYERS=2 from RECUR_START=1 must lie within NUM_LAYERS=2"),
+    (dict(RECUR_LAYERS="1", RECUR_FROM_FRAC="1"), "RECUR_FROM_FRAC=1.0 in [0, 1)"),
     (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
     (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more (0: no sliding windows)"),
     (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 and TTT_LR=0.005 must be 0 or more"),

@@ -30,10 +30,10 @@ SPEC_DEFAULTS = dict(
 
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
-                     mlp_leaky_slope=0.0, parallel_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
+                     mlp_leaky_slope=0.0, parallel_layers=0, recur_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
                      quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
-NOT_MATH = {"run_id", "eval_artifact", "compile", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
+NOT_MATH = {"run_id", "eval_artifact", "compile", "recur_start", "recur_from_frac", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
             "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
 
 
@@ -505,7 +505,7 @@ def test_export_names_follow_the_settings():
 # ---- the model --------------------------------------------------------------------------------
 
 # Every model switch beyond the seed, on.
-BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2")
+BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2", RECUR_LAYERS="1", RECUR_START="1")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
     args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
@@ -567,6 +567,48 @@ def test_parallel_layers_feed_attention_and_mlp_the_same_input():
     sequential = after_attn + 0.7 * block.mlp(torch.nn.functional.rms_norm(after_attn, (32,)))
     torch.testing.assert_close(block(x, x0, rope), sequential)
     assert not torch.allclose(sequential, expected)
+
+
+def test_depth_recurrence_runs_the_repeated_blocks_twice_with_skips_over_the_looped_order():
+    torch.manual_seed(0)
+    env = dict(VOCAB_SIZE="64", NUM_LAYERS="5", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2",
+               RECUR_LAYERS="2", RECUR_START="1")
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    assert model.skip_weights.shape == (3, 32)  # 7 blocks run looped: 3 encoder/decoder pairs
+    for block in model.blocks:
+        torch.nn.init.normal_(block.attn.proj.weight, std=0.1)
+        torch.nn.init.normal_(block.mlp.proj.weight, std=0.1)
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.rand(3, 32))
+    ids = torch.randint(0, 64, (2, 8))
+    rope = train_gpt.rotary_tables(8, 8, 10000.0, torch.device("cpu"))
+
+    def by_hand(order):
+        x = x0 = torch.nn.functional.rms_norm(model.tok_emb(ids), (32,))
+        half, skips = len(order) // 2, []
+        for j, i in enumerate(order):
+            if j >= half and skips:  # the decoder's last block has no partner when the order is odd
+                x = x + model.skip_weights[j - half].to(x.dtype) * skips.pop()
+            x = model.blocks[i](x, x0, rope)
+            if j < half:
+                skips.append(x)
+        logits = torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (32,)), model.tok_emb.weight)
+        return 30 * torch.tanh(logits / 30)
+
+    assert model.block_order() == [0, 1, 2, 3, 4] and not model.looped  # off until the loop switches it on
+    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 3, 4]))
+    model.looped = True
+    assert model.block_order() == [0, 1, 2, 1, 2, 3, 4]
+    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 1, 2, 3, 4]))
+    # A compiled model follows the switch (dynamo guards on the attribute) instead of keeping its first graph.
+    compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
+    losses = {}
+    for looped in (True, False, True, False):
+        model.looped = looped
+        with torch.no_grad():
+            losses.setdefault(looped, []).append(compiled(ids, ids, reduction="none"))
+            torch.testing.assert_close(losses[looped][-1], model(ids, ids, reduction="none"), rtol=0, atol=0)
+    assert not torch.equal(losses[True][0], losses[False][0])
 
 
 def test_model_and_newton_schulz_trace_as_single_graphs():
