@@ -405,7 +405,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, args: Hyperparameters, parallel: bool = False):
         super().__init__()
-        self.parallel = parallel  # attention and MLP both read the block's input, so neither waits for the other
+        self.parallel = parallel  # attention and MLP both read the normed input: the MLP skips this block's attention
         dim = args.model_dim
         self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
                                         expand_kv=args.sdpa_backend == "cudnn")
@@ -1012,8 +1012,9 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
     for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
-    if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and args.recur_start + args.recur_layers <= args.num_layers
-                                  and 0 <= args.recur_from_frac < 1):
+    recur_end = args.recur_start + args.recur_layers
+    if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
+                                                           and 0 <= args.recur_from_frac < 1):
         raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
                           f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1)")
     if not 0 <= args.parallel_layers <= args.num_layers:
@@ -1095,7 +1096,7 @@ def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: li
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     n = run.args.warmup_steps
     for step in range(1, n + 1):
-        base_model.looped = run.args.recur_layers > 0 and step > n // 2  # compile the looped graph too
+        base_model.looped = run.args.recur_layers > 0 and step > n // 2  # the second half compiles the looped graph
         forward_backward(run, model, loader)
         optimizer_step(optimizers, base_model, 1.0, run.args.grad_clip_norm)
         if n <= 20 or step % 10 == 0 or step == n:
@@ -1140,9 +1141,6 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
 
         elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         used = budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms)
-        if args.recur_layers and not base_model.looped and used >= args.recur_from_frac:
-            base_model.looped = True
-            log(f"recurrence:on step:{step} order:{','.join(map(str, base_model.block_order()))}")
         lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms,
                                  args.warmdown_frac)
         train_loss = forward_backward(run, model, loader)
@@ -1153,10 +1151,15 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
 
         approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
-        if run.distributed and max_wallclock_ms is not None:  # every rank stops on the same step
-            flag = torch.tensor(int(reached_cap), device=run.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            reached_cap = bool(flag.item())
+        loop_next = args.recur_layers > 0 and \
+            budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms) >= args.recur_from_frac
+        if run.distributed and max_wallclock_ms is not None:  # every rank stops, and loops, from the same step
+            flags = torch.tensor([int(reached_cap), int(loop_next)], device=run.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            reached_cap, loop_next = (bool(f) for f in flags.tolist())
+        if loop_next and not base_model.looped:
+            base_model.looped = True
+            log(f"recurrence:on steps_done:{step} order:{','.join(map(str, base_model.block_order()))}")
         if stop_after_step is None and reached_cap:
             stop_after_step = step
         if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after_step):
@@ -1439,6 +1442,7 @@ def main() -> None:
         if args.warmup_steps > 0:
             warmup_and_reset(run, model, base_model, optimizers, loader)
         training_ms = train(run, model, base_model, optimizers, muon, loader, evaluate)
+        base_model.looped = args.recur_layers > 0  # calibrated as scored, even if the switch never came
         hessians = calibrate_gptq(run, base_model, loader, training_ms) if args.quant_gptq else None
         export(run, base_model, code_bytes, paths, hessians)
         if distributed:

@@ -145,14 +145,19 @@ def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_pat
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     lines = parse(run.stdout)
-    # 0.35 of ITERATIONS=30 is spent after step 10.5: block 0 runs twice from step 11 on, and in the score
-    assert "\nrecurrence:on step:11 order:0,0,1\n" in run.stdout
+    # 11 of ITERATIONS=30 steps done is 0.37 >= 0.35: block 0 runs twice from the 12th step on, and in the score
+    assert "\nrecurrence:on steps_done:11 order:0,0,1\n" in run.stdout
     losses = train_losses(run.stdout)
     assert max(losses[28], losses[29], losses[30]) < losses[1] - 1.0, losses
     artifact = tmp_path / "artifacts" / "beyond_model.int8.ptz"
     rescore = run_train(tmp_path, dict(env, RUN_ID="beyond_rescore", EVAL_ARTIFACT=str(artifact)))
     assert rescore.returncode == 0, rescore.stderr
     assert parse(rescore.stdout)["exact"] == lines["exact"]
+    # The score ran looped: the same weights without the repeat (2 blocks, 1 repeated: the same
+    # skip weights' shape, so they load) score otherwise.
+    unlooped = run_train(tmp_path, dict(env, RUN_ID="beyond_unlooped", EVAL_ARTIFACT=str(artifact), RECUR_LAYERS="0"))
+    assert unlooped.returncode == 0, unlooped.stderr
+    assert parse(unlooped.stdout)["exact"] != lines["exact"]
 
 
 def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):

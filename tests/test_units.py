@@ -33,8 +33,8 @@ SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warm
                      mlp_leaky_slope=0.0, parallel_layers=0, recur_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
                      quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
-NOT_MATH = {"run_id", "eval_artifact", "compile", "recur_start", "recur_from_frac", "quant_clip_sigmas", "gptq_calib_batches", "gptq_damp",
-            "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
+NOT_MATH = {"run_id", "eval_artifact", "compile", "recur_start", "recur_from_frac", "quant_clip_sigmas",
+            "gptq_calib_batches", "gptq_damp", "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
 
 
 # ---- hyperparameters --------------------------------------------------------------------------
@@ -522,6 +522,10 @@ def test_seed_model_shape_dtypes_and_optimizer_routing():
     assert len(muon.param_groups[0]["params"]) == 54  # 6 matrices in each of 9 blocks
     assert [g["lr"] for o in optimizers for g in o.param_groups] == [0.03, 0.02, 0.02]
     assert all("base_lr" in g for o in optimizers for g in o.param_groups)
+    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.0, False)
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024", MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1"))
+    _, muon = train_gpt.build_optimizers(model, args, 0, 1)
+    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.04, True)
 
 
 def test_rotary_angles_are_float32_and_positions_exact():
@@ -655,7 +659,7 @@ def muon_two_steps(rank: int, world_size: int, out_dir: str) -> None:
         dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size)
     torch.manual_seed(1)
     params = [torch.nn.Parameter(torch.randn(s)) for s in MUON_SHAPES]
-    muon = train_gpt.Muon(params, 0.05, 0.95, 5, rank, world_size, weight_decay=0.1)
+    muon = train_gpt.Muon(params, 0.05, 0.95, 5, rank, world_size, weight_decay=0.1, row_norm=True)
     for _ in range(2):
         for p in params:
             p.grad = torch.randn(p.shape)

@@ -7,7 +7,7 @@
 Every environment variable of train_gpt.py applies (shape, batch, SDPA_BACKEND, COMPILE, ...). It
 builds the model and optimizers with train_gpt.py's own functions, runs WARMUP_STEPS untimed steps
 (compilation), then BENCH_STEPS timed steps of the real training step (forward, backward, DDP,
-Muon, Adam) on random tokens, and prints one line:
+Muon, Adam) on random tokens (with RECUR_LAYERS, the looped step), and prints one line:
 
     benchmark: step_avg:391.20ms tokens_per_s:1005123 model_tflops_per_s:216.4 mfu:0.274 ...
 
@@ -49,8 +49,9 @@ class SyntheticLoader:
 def flops_per_token(args: tg.Hyperparameters) -> float:
     d, hidden, kv = args.model_dim, args.mlp_mult * args.model_dim, args.num_kv_heads * (args.model_dim // args.num_heads)
     block_matrices = d * d * 2 + d * kv * 2 + d * hidden * 2  # q, proj; k, v; fc, proj
-    matrix_params = args.num_layers * block_matrices + args.vocab_size * d  # + the output layer
-    attention = 6 * args.train_seq_len * d * args.num_layers  # QK^T and AV, causal half, fwd + bwd
+    blocks_run = args.num_layers + args.recur_layers  # a looped block computes twice
+    matrix_params = blocks_run * block_matrices + args.vocab_size * d  # + the output layer
+    attention = 6 * args.train_seq_len * d * blocks_run  # QK^T and AV, causal half, fwd + bwd
     return 6 * matrix_params + attention
 
 
@@ -69,6 +70,7 @@ def main() -> None:
         tg.init_process_group(device)
     run = tg.Run(args, rank, world_size, grad_accum_steps, distributed, device, tg.RunLog(None))
     base_model, model, optimizers, _ = tg.build_training(run)
+    base_model.looped = args.recur_layers > 0  # the heavier step, after the recurrence switches on
     loader = SyntheticLoader(args.vocab_size, rank, world_size, device)
 
     def step() -> None:
