@@ -176,6 +176,20 @@ def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
     assert abs(bpb_one - bpb_two) < 5e-3
 
 
+def test_two_capped_processes_agree_when_to_loop_and_when_to_stop(dataset, tokenizer_path, tmp_path):
+    """Under a wallclock cap each rank reads its own clock; one all-reduce per step makes them switch
+    the recurrence on, and stop, at the same step (a rank that ran on alone would hang the other)."""
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="capped", ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="8",
+                   WARMUP_STEPS="2", OMP_NUM_THREADS="1", RECUR_LAYERS="1", RECUR_START="0", RECUR_FROM_FRAC="0.3")
+    run = run_train(tmp_path, env, nproc=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "logs" / "capped.txt").read_text()
+    (switch,) = re.findall(r"^recurrence:on steps_done:(\d+) order:0,0,1$", log, re.M)
+    (stop,) = re.findall(r"^stopping_early: wallclock_cap train_time:\d+ms step:(\d+)/100000$", log, re.M)
+    assert 1 <= int(switch) < int(stop)
+    assert "final_int8_zlib_roundtrip_exact" in log
+
+
 def test_gptq_export_calibrates_in_time_reserved_from_training(dataset, tokenizer_path, tmp_path):
     # The loop gets 3 of the 30 s (a wide gap, so a slow step on a busy machine cannot blur it),
     # and warms down over all of its 3 s.
