@@ -179,7 +179,7 @@ def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
 def test_two_capped_processes_agree_when_to_loop_and_when_to_stop(dataset, tokenizer_path, tmp_path):
     """Under a wallclock cap each rank reads its own clock; one all-reduce per step makes them switch
     the recurrence on, and stop, at the same step (a rank that ran on alone would hang the other)."""
-    env = tiny_env(dataset, tokenizer_path, RUN_ID="capped", ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="8",
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="capped", ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="20",
                    WARMUP_STEPS="2", OMP_NUM_THREADS="1", RECUR_LAYERS="1", RECUR_START="0", RECUR_FROM_FRAC="0.3")
     run = run_train(tmp_path, env, nproc=2)
     assert run.returncode == 0, run.stderr[-3000:]
