@@ -817,6 +817,7 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
         raise ConfigError(f"{source} does not match the model (missing {sorted(missing)[:3]}, unexpected "
                           f"{sorted(unexpected)[:3]}); use the settings of the run that made it")
     model.load_state_dict(state, strict=True)
+    model.looped = model.recur_layers > 0  # finished weights run as they trained last (RECUR_FROM_FRAC < 1)
 
 
 # -----------------------------------------------------------------------------
@@ -1452,7 +1453,6 @@ def main() -> None:
 
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
-    base_model.looped = args.recur_layers > 0  # as the model trained last (RECUR_FROM_FRAC < 1)
     # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
     ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs,
                         args.ttt_lr, args.ttt_chunk_tokens) \

@@ -71,7 +71,6 @@ def gptq_hessians(args: tg.Hyperparameters, state: dict, raw: Path) -> dict | No
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = tg.build_model(args, device)
     tg.load_weights(model, state, str(raw))
-    model.looped = args.recur_layers > 0  # as train_gpt.py calibrates a trained model
     loader = tg.DistributedTokenLoader(train_files, args.vocab_size, 0, 1, device)
     return tg.collect_hessians(model, loader, args, grad_accum_steps=GRAD_ACCUM_STEPS)
 
