@@ -1469,4 +1469,6 @@ if __name__ == "__main__":
     except ConfigError as e:
         if os.environ.get("RANK", "0") in ("0", ""):  # every rank finds the same problem; say it once
             print(f"error: {e}", file=sys.stderr, flush=True)
+        else:  # torchrun stops all ranks once one exits: give rank 0 time to say it first
+            time.sleep(10)
         sys.exit(2)
