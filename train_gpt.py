@@ -36,6 +36,15 @@ class ConfigError(Exception):
     """A problem with the run's inputs, reported as one line that names the fix."""
 
 
+def exit_with(error: ConfigError):
+    """Says a configuration error in one line and exits with 2, once for all ranks."""
+    rank = os.environ.get("RANK", "0")
+    if rank not in ("0", ""):  # every rank finds the same problem: rank 0 says it, and torchrun stops
+        time.sleep(10)         # this one meanwhile; a rank still alive found one that rank 0 did not
+    print(f"error: {error}" if rank in ("0", "") else f"error (rank {rank}): {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def first_line(e: Exception) -> str:
     """A library's error, cut to fit inside a one-line ConfigError."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
@@ -434,7 +443,8 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
         self.recur_start, self.recur_layers = args.recur_start, args.recur_layers
         self.looped = False  # set by the training loop; compiled graphs are guarded on it (one graph each way)
-        # One skip weight per encoder/decoder pair of the deepest (looped) order.
+        # One skip weight per encoder/decoder pair of the deepest (looped) order: the first L // 2 for the
+        # unlooped pairs, which keep them when the loop switches on, the rest for the loop's inner pairs.
         self.skip_weights = nn.Parameter(torch.ones((layers + args.recur_layers) // 2, dim))
         self.blocks = nn.ModuleList(Block(args, parallel=i >= layers - args.parallel_layers) for i in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
@@ -464,7 +474,8 @@ class GPT(nn.Module):
         skips = []
         for j, i in enumerate(order):
             if j >= encoder_layers and skips:
-                x = x + self.skip_weights[j - encoder_layers].to(x.dtype) * skips.pop()
+                # Encoder position p's skip takes row L//2-1-p: negative rows (the end) past the unlooped half.
+                x = x + self.skip_weights[len(self.blocks) // 2 - len(skips)].to(x.dtype) * skips.pop()
             x = self.blocks[i](x, x0, rope)
             if j < encoder_layers:
                 skips.append(x)
@@ -593,9 +604,9 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
 
 
 def budget_used(step: int, elapsed_ms: float, iterations: int, max_wallclock_ms: float | None) -> float:
-    """The fraction of the run's budget spent: of the wallclock cap, or of ITERATIONS without one.
-    Schedules given in this unit keep their shape whether a run is 3 or 10 minutes long."""
-    return elapsed_ms / max_wallclock_ms if max_wallclock_ms else step / max(iterations, 1)
+    """The fraction of the run's budget spent: of the wallclock cap, or of ITERATIONS if they end the
+    run first. Schedules given in this unit keep their shape whether a run is 3 or 10 minutes long."""
+    return max(elapsed_ms / max_wallclock_ms if max_wallclock_ms else 0.0, step / max(iterations, 1))
 
 
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
@@ -1467,8 +1478,4 @@ if __name__ == "__main__":
     try:
         main()
     except ConfigError as e:
-        if os.environ.get("RANK", "0") in ("0", ""):  # every rank finds the same problem; say it once
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        else:  # torchrun stops all ranks once one exits: give rank 0 time to say it first
-            time.sleep(10)
-        sys.exit(2)
+        exit_with(e)

@@ -4,6 +4,7 @@ work, and never a traceback."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -165,6 +166,15 @@ def test_torchrun_world_size_error_is_said_once(tmp_path, dataset, tokenizer_pat
     run = run_train(tmp_path, tiny_env(dataset, tokenizer_path), nproc=3)
     assert run.returncode != 0
     assert run.stderr.count("error: WORLD_SIZE=3 must divide 8") == 1
+
+
+def test_a_rank_that_alone_finds_a_problem_says_it(tmp_path, dataset, tokenizer_path):
+    # No rank 0 runs here to say it and have torchrun stop this rank: after its wait, rank 1 says it.
+    env = tiny_env(dataset, tokenizer_path, VOCAB_SIZE="1024", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    start = time.monotonic()
+    run = run_train(tmp_path, env)
+    assert run.returncode == 2 and time.monotonic() - start >= 10
+    assert run.stderr.startswith("error (rank 1): TOKENIZER_PATH=") and run.stderr.count("\n") == 1
 
 
 def test_every_rank_stops_when_rank_0_cannot_claim_the_run(tmp_path, dataset, tokenizer_path):

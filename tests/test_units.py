@@ -244,17 +244,21 @@ def test_muon_momentum_warmup_in_steps(step, expected):
     (120_000.0, 1.0, 0.99),  # the warmdown starts at 1 - 1/3 of the 180 s budget
     (150_000.0, 0.5, 0.99), (180_000.0, 0.0, 0.99), (190_000.0, 0.0, 0.99)])
 def test_budget_fractions_follow_the_clock_not_the_step_count(elapsed_ms, lr, momentum):
-    for step in (1, 460, 5000):  # the same shape however many steps fit in the budget
-        used = train_gpt.budget_used(step, elapsed_ms, 20000, 180_000.0)
-        assert train_gpt.lr_multiplier(step, elapsed_ms, 20000, 3000, 180_000.0, warmdown_frac=1 / 3) == \
+    for step in (1, 460, 5000):  # the same shape however many steps fit in the budget (ITERATIONS never end it)
+        used = train_gpt.budget_used(step, elapsed_ms, 10**12, 180_000.0)
+        assert train_gpt.lr_multiplier(step, elapsed_ms, 10**12, 3000, 180_000.0, warmdown_frac=1 / 3) == \
             pytest.approx(lr)
         done = train_gpt.warmup_done(step, 1500, used, warmup_frac=0.1)
         assert train_gpt.muon_momentum_at(done, 0.92, 0.99) == pytest.approx(momentum)
 
 
-def test_budget_fractions_without_a_cap_count_iterations():
+def test_budget_fractions_count_iterations_without_a_cap_or_when_they_end_the_run_first():
     assert train_gpt.budget_used(250, 1e9, 1000, None) == 0.25
     assert train_gpt.lr_multiplier(900, 0.0, 1000, 0, None, warmdown_frac=0.2) == pytest.approx(0.5)
+    # Under a cap that ITERATIONS=1000 reach first (at 10 s of 180), the warmdown still ends at 0 by step 1000.
+    assert train_gpt.budget_used(250, 2_500.0, 1000, 180_000.0) == 0.25
+    assert train_gpt.lr_multiplier(900, 9_000.0, 1000, 0, 180_000.0, warmdown_frac=0.2) == pytest.approx(0.5)
+    assert train_gpt.lr_multiplier(1000, 10_000.0, 1000, 0, 180_000.0, warmdown_frac=0.2) == 0.0
 
 
 # ---- quantization -----------------------------------------------------------------------------
@@ -587,23 +591,25 @@ def test_depth_recurrence_runs_the_repeated_blocks_twice_with_skips_over_the_loo
     ids = torch.randint(0, 64, (2, 8))
     rope = train_gpt.rotary_tables(8, 8, 10000.0, torch.device("cpu"))
 
-    def by_hand(order):
+    def by_hand(order, skips):  # skips: {position in order: (position whose output it adds, skip weight row)}
         x = x0 = torch.nn.functional.rms_norm(model.tok_emb(ids), (32,))
-        half, skips = len(order) // 2, []
+        outputs = []
         for j, i in enumerate(order):
-            if j >= half and skips:  # the decoder's last block has no partner when the order is odd
-                x = x + model.skip_weights[j - half].to(x.dtype) * skips.pop()
+            if j in skips:
+                x = x + model.skip_weights[skips[j][1]].to(x.dtype) * outputs[skips[j][0]]
             x = model.blocks[i](x, x0, rope)
-            if j < half:
-                skips.append(x)
+            outputs.append(x)
         logits = torch.nn.functional.linear(torch.nn.functional.rms_norm(x, (32,)), model.tok_emb.weight)
         return 30 * torch.tanh(logits / 30)
 
     assert model.block_order() == [0, 1, 2, 3, 4] and not model.looped  # off until the loop switches it on
-    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 3, 4]))
+    # Unlooped: block 1 feeds block 2 through row 0, block 0 feeds block 3 through row 1.
+    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 3, 4], {2: (1, 0), 3: (0, 1)}))
     model.looped = True
     assert model.block_order() == [0, 1, 2, 1, 2, 3, 4]
-    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 1, 2, 3, 4]))
+    # Looped, those pairs keep their rows (block 1 into block 2's second pass, block 0 into block 3),
+    # and the new inner pair (block 2 into block 1's second pass) takes the new row 2; block 4 has none.
+    torch.testing.assert_close(model.logits(ids), by_hand([0, 1, 2, 1, 2, 3, 4], {3: (2, 2), 4: (1, 0), 5: (0, 1)}))
     # A compiled model follows the switch (dynamo guards on the attribute) instead of keeping its first graph.
     compiled = torch.compile(model, backend="eager", dynamic=False, fullgraph=True)
     losses = {}

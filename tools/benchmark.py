@@ -117,6 +117,4 @@ if __name__ == "__main__":
     try:
         main()
     except tg.ConfigError as e:
-        if os.environ.get("RANK", "0") in ("0", ""):
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        tg.exit_with(e)
