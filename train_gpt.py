@@ -38,10 +38,10 @@ class ConfigError(Exception):
 
 def exit_with(error: ConfigError):
     """Says a configuration error in one line and exits with 2, once for all ranks."""
-    rank = os.environ.get("RANK", "0")
-    if rank not in ("0", ""):  # every rank finds the same problem: rank 0 says it, and torchrun stops
-        time.sleep(10)         # this one meanwhile; a rank still alive found one that rank 0 did not
-    print(f"error: {error}" if rank in ("0", "") else f"error (rank {rank}): {error}", file=sys.stderr, flush=True)
+    rank = os.environ.get("RANK") or "0"
+    if rank != "0":     # every rank finds the same problem: rank 0 says it, and torchrun stops this
+        time.sleep(10)  # one meanwhile; a rank still alive found one that rank 0 did not
+    print(f"error: {error}" if rank == "0" else f"error (rank {rank}): {error}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
