@@ -133,14 +133,14 @@ def test_student_t_tail_against_the_one_sided_99_percent_table(df, t_99):
 
 
 def write_log(path, seed: int, rt_loss: float, rt_bpb: float, total: int = 15_900_000, code: int = 50_000,
-              finished: bool = True, export: str = "int8+zlib") -> None:
-    lines = [f"hyperparameters: data_path=x run_id={path.stem} seed={seed}", "hardware:NVIDIA_H100_80GB_HBM3 count:8",
+              finished: bool = True, export: str = "int8+zlib", steps: int = 8394) -> None:
+    lines = [f"hyperparameters: data_path=x run_id={path.stem} seed={seed} train_batch_tokens=393216", "hardware:NVIDIA_H100_80GB_HBM3 count:8",
              "world_size:8 grad_accum_steps:1", f"seed:{seed}",
              "step:0/20000 val_loss:6.9357 val_bpb:4.1077 train_time:0ms step_avg:0.01ms",
              "step:1/20000 train_loss:6.9357 train_time:70ms step_avg:70.00ms",
              "step:200/20000 train_loss:3.1000 train_time:14000ms step_avg:70.00ms"]
     if finished:
-        lines += ["step:8394/20000 val_loss:2.0227 val_bpb:1.1980 train_time:599921ms step_avg:71.47ms",
+        lines += [f"step:{steps}/20000 val_loss:2.0227 val_bpb:1.1980 train_time:599921ms step_avg:71.47ms",
                   "peak memory allocated: 7748 MiB reserved: 8070 MiB", f"Code size: {code} bytes",
                   f"Serialized model {export}: {total - code} bytes (payload:1 raw_torch:1 payload_ratio:3.91x)",
                   f"Total submission size {export}: {total} bytes",
@@ -213,6 +213,19 @@ def test_size_check(tmp_path, capsys):
     assert "margin:-1 -> OVER" in capsys.readouterr().out
 
 
+def test_predict_size_extends_bytes_against_log_tokens(tmp_path, capsys):
+    for steps, total in ((400, 15_150_000), (100, 15_000_000), (200, 15_100_000)):  # +100 KB, then +50 KB a doubling
+        write_log(tmp_path / f"s{steps}.txt", 1, 2.0, 1.19, total=total, steps=steps)
+    assert records.main(["predict-size", "--factor", "4", *map(str, tmp_path.glob("s*.txt"))]) == 0
+    out = capsys.readouterr().out
+    assert f"s100: steps:100 tokens:{100 * 393216:,} bytes:15,000,000" in out.splitlines()[0]
+    assert "predicted: +50,000 bytes per doubling of tokens -> 15,250,000 bytes at 4.0x the longest run's tokens; " \
+           "margin:750,000" in out
+    assert "cautious: +100,000 bytes per doubling of tokens -> 15,350,000 bytes" in out
+    with pytest.raises(SystemExit, match="different lengths"):
+        records.main(["predict-size", "--factor", "4", str(tmp_path / "s100.txt"), str(tmp_path / "s100.txt")])
+
+
 def test_summarize_real_runs_and_lists_broken_ones(first_run, tmp_path, capsys):
     cwd, _ = first_run
     log = cwd / "logs" / "first.txt"
@@ -261,3 +274,25 @@ def test_missing_paths_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         records.main(["size", str(tmp_path / "nope.txt")])
     assert "nope.txt does not exist" in capsys.readouterr().err
+
+
+# ---- tools/proxy.sh ---------------------------------------------------------------------------
+
+def proxy(tmp_path, *args, corpus) -> subprocess.CompletedProcess:
+    env = dict(PATH="/usr/bin:/bin", CORPUS=str(corpus), RESULTS=str(tmp_path / "results"))
+    return subprocess.run(["bash", "tools/proxy.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_proxy_refuses_an_incomplete_corpus_or_a_bad_call_in_one_line(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    names = [line.split()[1] for line in (ROOT / "tools" / "corpus_v2.sha256").read_text().splitlines()]
+    assert names == [f"docs_{i:02d}.jsonl.xz" for i in range(15)]
+    (corpus / names[0]).write_bytes(b"cut short in transfer")
+    for args, message in ((("180", "def", "1337", ""), f"error: {corpus} lacks 15 of the 15 corpus files"),
+                          (("def", "1337", ""), "error: usage: bash tools/proxy.sh CAP NAME SEED"),
+                          (("600", "def", "1337"), "error: usage: bash tools/proxy.sh CAP NAME SEED")):
+        run = proxy(tmp_path, *args, corpus=corpus)
+        assert run.returncode == 2 and run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
+        assert run.stdout == "" and not (tmp_path / "results").exists()  # refused before any work

@@ -4,7 +4,7 @@
 # the GPU machine:
 #   [VOCAB=8192] [CORPUS=/tmp/corpus] [HOLDOUT=1] [SWEEP="7:6 6:6 8:1"] \
 #     bash tools/proxy.sh CAP NAME SEED "ENV ..." [NAME SEED "ENV ..." ...]
-# CAP is MAX_WALLCLOCK_SECONDS: 180 for P180v2, 600 for P600v2. Each run is RUN_ID=NAME_sSEED with
+# CAP is MAX_WALLCLOCK_SECONDS: 180 for P180v2, 600 for P600v2. Each run is RUN_ID=NAME_pCAP_sSEED with
 # VAL_LOSS_EVERY=0 and ENV on top (ENV may set VAL_LOSS_EVERY=250 for a curve).
 # CORPUS holds the 15 files of tools/corpus_v2.sha256 (checked first: an incomplete copy is refused)
 # and fineweb_${VOCAB}_bpe.model; README "Benchmark" says how it reaches the GPU machine. The shards
@@ -35,7 +35,7 @@ fi
 common="VOCAB_SIZE=$VOCAB TOKENIZER_PATH=$TOK"
 while [ $# -ge 3 ]; do
   name=$1; seed=$2; extra=$3; shift 3
-  rid=${name}_s${seed}
+  rid=${name}_p${CAP}_s${seed}
   t0=$(date +%s)
   env MAX_WALLCLOCK_SECONDS=$CAP VAL_LOSS_EVERY=0 $common $extra SEED=$seed RUN_ID=$rid DATA_PATH=$DATA \
     torchrun --standalone --nproc_per_node=1 train_gpt.py > /tmp/$rid.out 2>&1

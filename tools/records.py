@@ -7,6 +7,7 @@ submission.json, loss plots and the artifact-size check.
         --blurb "what changed" logs/a.txt logs/b.txt logs/c.txt > submission.json
     python3 tools/records.py plot --out curves.png logs/a.txt logs/b.txt
     python3 tools/records.py size logs/a.txt            # or: size --code train_gpt.py --model x.int8.ptz
+    python3 tools/records.py predict-size --factor 5.47 p60.txt p180.txt p600.txt
 
 Reads the log lines of train_gpt.py (and of the published record script, which has the same
 shapes). Standard library only, except `plot`, which needs matplotlib.
@@ -39,6 +40,7 @@ class RunSummary:
     world_size: int | None = None
     hardware: str | None = None
     iterations: int | None = None
+    train_batch_tokens: int | None = None
     steps: int | None = None
     step_avg_ms: float | None = None
     train_time_ms: float | None = None
@@ -65,7 +67,7 @@ class RunSummary:
 NUM = r"(\d+(?:\.\d+)?)"
 EXPORT = r"int\d+\+[a-z]+"  # what the export did: int8+zlib (the seed), int6+lzma, ...
 PATTERNS = {
-    "hyper": re.compile(r"^hyperparameters: .*\brun_id=(\S*)"),
+    "hyper": re.compile(r"^hyperparameters: (.*)$"),
     "seed": re.compile(r"^seed:(\d+)$"),
     "world": re.compile(r"^world_size:(\d+) grad_accum_steps:\d+$"),
     "hardware": re.compile(r"^hardware:(\S+) count:(\d+)$"),
@@ -98,8 +100,10 @@ def parse_log(path: Path) -> RunSummary:
 
 def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
     g = m.groups()
-    if name == "hyper" and g[0]:
-        s.run_id = g[0]
+    if name == "hyper":
+        knobs = dict(item.split("=", 1) for item in g[0].split() if "=" in item)
+        s.run_id = knobs.get("run_id") or s.run_id
+        s.train_batch_tokens = int(knobs["train_batch_tokens"]) if "train_batch_tokens" in knobs else None
     elif name == "seed":
         s.seed = int(g[0])
     elif name == "world":
@@ -280,6 +284,29 @@ def cmd_size(args) -> int:
     return 0 if margin >= 0 else 1
 
 
+def cmd_predict_size(args) -> int:
+    """The artifact grows as training goes on (the weights' entropy rises), and more slowly the
+    longer it goes. Runs of one configuration at several lengths give bytes against log(tokens);
+    the line through the two longest runs, extended to FACTOR times the longest run's tokens,
+    predicts the size after a longer run (the steepest line between two neighbours is the
+    cautious bound)."""
+    runs = sorted(complete_runs(args.logs), key=lambda r: r.steps or 0)
+    if len(runs) < 2 or any(r.artifact_bytes is None or not r.steps or not r.train_batch_tokens for r in runs):
+        raise SystemExit("error: predict-size needs at least 2 finished training logs with steps, batch and size lines")
+    points = [(math.log(r.steps * r.train_batch_tokens), r.artifact_bytes) for r in runs]
+    if len({x for x, _ in points}) < len(points):
+        raise SystemExit("error: two logs trained on the same number of tokens; give runs of different lengths")
+    for r in runs:
+        print(f"{r.run_id}: steps:{r.steps} tokens:{r.steps * r.train_batch_tokens:,} bytes:{r.artifact_bytes:,}")
+    slopes = [(b1 - b0) / (x1 - x0) for (x0, b0), (x1, b1) in zip(points, points[1:])]
+    target = points[-1][0] + math.log(args.factor)
+    for what, slope in (("predicted", slopes[-1]), ("cautious", max(slopes))):
+        size = round(points[-1][1] + slope * (target - points[-1][0]))
+        print(f"{what}: {slope * LN2:+,.0f} bytes per doubling of tokens -> {size:,} bytes at "
+              f"{args.factor}x the longest run's tokens; margin:{ARTIFACT_LIMIT_BYTES - size:,}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     try:
         import matplotlib
@@ -334,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--code", type=Path)
     s.add_argument("--model", type=Path)
     s.set_defaults(func=cmd_size)
+    s = sub.add_parser("predict-size", help="the artifact after a longer run, from runs of one configuration")
+    s.add_argument("logs", nargs="+", type=Path)
+    s.add_argument("--factor", type=float, required=True, help="target tokens / the longest log's tokens")
+    s.set_defaults(func=cmd_predict_size)
     args = p.parse_args(argv)
     paths = (getattr(args, "logs", None) or []) + [getattr(args, k, None) for k in ("log", "code", "model")]
     for path in paths:
