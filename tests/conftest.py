@@ -52,6 +52,13 @@ def make_documents(n: int, seed: int) -> list[str]:
     return docs
 
 
+def readme_block(name: str) -> str:
+    """The command of README.md's bash block marked `<!-- name -->`, continuation lines joined."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(f"<!-- {name} -->\n```bash\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ").strip()
+
+
 def write_jsonl(path: Path, docs: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     return path

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
+from conftest import ROOT, readme_block
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
-    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
-    test_command = first_block.splitlines()[1].split("#")[0].strip()
-    assert test_command == "python3 -m pytest -q tests"
+    test_command = readme_block("test-command")
+    assert test_command.endswith("&& python3 -m pytest -q tests") and "\n" not in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+    for requirements in re.findall(r"-r (\S+)", test_command):
+        assert (ROOT / requirements).is_file(), requirements
+
+
+def test_readme_starts_with_the_two_commands_a_newcomer_needs():
+    readme = (ROOT / "README.md").read_text()
+    main, test = readme.index("<!-- main-command -->"), readme.index("<!-- test-command -->")
+    assert main < test < readme.index("\n## ") and len(readme) <= 20_000
+    install, download, train = readme_block("main-command").split(" && ")
+    assert install == "python3 -m pip install -r requirements.txt"
+    assert download.startswith("python3 data/download.py --variant sp8192 ")  # train_gpt.py's default data
+    assert train == "torchrun --standalone --nproc_per_node=8 train_gpt.py"
 
 
 def test_record_script_stays_small_and_self_contained():

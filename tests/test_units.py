@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import shards
 import train_gpt
+from conftest import readme_block
 
 # The seed recipe's defaults, written out from SPEC.md ("Hyperparameters").
 SPEC_DEFAULTS = dict(
@@ -51,9 +52,7 @@ def test_every_setting_is_either_seed_math_or_not_math():
 
 
 def test_readme_seed_environment_selects_the_seed_math():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = readme.split("### Reproducing the seed recipe exactly")[1].split("```bash\n")[1].split("```")[0]
-    line = line.replace("\\\n", " ")  # one command, possibly continued over several lines
+    line = readme_block("seed-environment")
     env = dict(word.split("=", 1) for word in line.split() if "=" in word and word[0].isupper())
     args = train_gpt.Hyperparameters(env)
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
