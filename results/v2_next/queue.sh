@@ -1,0 +1,43 @@
+#!/bin/bash
+# The next v2 device queues, written in session 8 (2026-12-01) and not run yet. One part fills one
+# session's 30 minutes of device time (about 1,500 s of runs after staging the corpus).
+# Start with: setsid nohup bash results/v2_next/queue.sh PART > /dev/null 2>&1 < /dev/null &
+# (the corpus staged in /tmp/corpus: README, "The benchmark proxy on one GPU"). It runs from a
+# private copy of the repository and writes console output and logs to /tmp/q, then touches
+# /tmp/q/done. Each part has its own defaults run: step times differ 1-2.5% between machines.
+# Part 1 (issue "Benchmark v2", item 3): MuonEq-R with weight decay 0.04 against the defaults, P180v2,
+#   seeds 1337 and 1338, TTT and the held-back score included: the defaults change if both agree.
+# Parts 2-3 (issue "Defaults for the record run"): each record switch alone, P180v2 seed 1337, a
+#   screen for breakage (scored without TTT or sliding windows, no held-back score: ~240 s a run).
+#   The larger models export int6 by GPTQ at the records' 12.85 sigma to fit 16 MB.
+# Part 4: the records' stack (the switches that did not break, chosen from parts 2-3) against the
+#   defaults at P600v2, seed 1337; part 5 the same at seed 1338.
+# Part 6: the seed environment at P600v2 (sp1024), exactly and with its schedules as fractions of
+#   the budget (the seed's 3000/8394 and 1500/8394 steps), the baseline of every gain we quote.
+set -u; export PYTHONUNBUFFERED=1
+PART=${1:?usage: queue.sh PART (1-6)}
+Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
+exec >> $Q/console.txt 2>&1
+export RESULTS=$Q
+echo "== queue part $PART start $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader) train_gpt.py sha256 $(sha256sum train_gpt.py | cut -c1-12)"
+python3 -c "import torch; print('torch', torch.__version__)"
+SCREEN="TTT_EPOCHS=0 EVAL_STRIDE=0"
+INT6="QUANT_BITS=6 QUANT_CLIP_SIGMAS=12.85 QUANT_GPTQ=1"
+case $PART in
+1) bash tools/proxy.sh 180 def 1337 "" rown_wd 1337 "MUON_ROW_NORM=1 MUON_WEIGHT_DECAY=0.04" \
+                       def 1338 "" rown_wd 1338 "MUON_ROW_NORM=1 MUON_WEIGHT_DECAY=0.04" ;;
+2) HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "$SCREEN" xsa 1337 "$SCREEN XSA_LAYERS=9" \
+     rope_ln 1337 "$SCREEN ROPE_DIMS=16 LN_SCALE=1" ema 1337 "$SCREEN EMA_HORIZON_FRAC=0.067" \
+     smear 1337 "$SCREEN SMEAR_GATE=1" ;;
+3) HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "$SCREEN" int6 1337 "$SCREEN $INT6" \
+     l11 1337 "$SCREEN $INT6 NUM_LAYERS=11" l11_mlp3 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=3" \
+     l11_mlp4 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=4" ;;
+4|5) SEED=$(( PART == 4 ? 1337 : 1338 ))
+   STACK=${STACK:?set STACK to the switches chosen from parts 2-3}
+   bash tools/proxy.sh 600 def $SEED "" stack $SEED "$STACK" ;;
+6) SEED_ENV="SDPA_BACKEND=flash EVAL_STRIDE=0 MLP_LEAKY_SLOPE=0 PARALLEL_LAYERS=0 RECUR_LAYERS=0 TTT_EPOCHS=0
+     QK_GAIN_INIT=1.5 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 QUANT_BITS=8 QUANT_GPTQ=0 COMPRESSOR=zlib MLP_MULT=2"
+   VOCAB=1024 bash tools/proxy.sh 600 seed 1337 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0" \
+     seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
+esac
+echo "== queue done $(date -u +%T)"; touch $Q/done
