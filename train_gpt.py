@@ -161,10 +161,9 @@ class Hyperparameters:
 
 # -----------------------------------------------------------------------------
 # DATA
-# Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens.
-# Training reads the train shards as one endless stream; every micro-step takes one contiguous
-# chunk and hands each rank its own slice, so the global batch and the data order are the same
-# on 1, 2, 4 or 8 processes.
+# Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens. Training reads the
+# train shards as one endless stream; every micro-step takes one contiguous chunk and hands each rank its own slice,
+# so the global batch and the data order are the same on 1, 2, 4 or 8 processes.
 # -----------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
@@ -274,10 +273,9 @@ class DistributedTokenLoader:
 
 # -----------------------------------------------------------------------------
 # THE METRIC
-# Bits per byte makes scores comparable across tokenizers: the loss in bits is divided by the
-# UTF-8 bytes of the text the tokens stand for. Bytes come from the SentencePiece pieces: a
-# leading "▁" is one space byte, except right after a boundary token (BOS), where the
-# normalizer never leaves a space.
+# Bits per byte makes scores comparable across tokenizers: the loss in bits is divided by the UTF-8 bytes of the text
+# the tokens stand for. Bytes come from the SentencePiece pieces: a leading "▁" is one space byte, except right after
+# a boundary token (BOS), where the normalizer never leaves a space.
 # -----------------------------------------------------------------------------
 
 @dataclass
@@ -507,17 +505,15 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 
 # -----------------------------------------------------------------------------
 # OPTIMIZERS
-# Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the
-# blocks: Nesterov momentum, then the update is orthogonalized by a quintic Newton-Schulz
-# iteration. Adam for the embedding and the small control tensors. The learning rate is flat,
-# then decays linearly to zero over the last WARMDOWN_FRAC of the wallclock budget (the seed:
-# the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
+# Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the blocks: Nesterov
+# momentum, then the update is orthogonalized by a quintic Newton-Schulz iteration. Adam for the embedding and the
+# small control tensors. The learning rate is flat, then decays linearly to zero over the last WARMDOWN_FRAC of the
+# wallclock budget (the seed: the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
 # -----------------------------------------------------------------------------
 
 def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
-    """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The
-    coefficients trade exactness for speed: singular values land in a band around 1 instead of
-    on it, which Muon tolerates."""
+    """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The coefficients trade exactness
+    for speed: singular values land in a band around 1 instead of on it, which Muon tolerates."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -535,9 +531,8 @@ class Muon(torch.optim.Optimizer):
     single batched Newton-Schulz call (one launch sequence instead of one per matrix); one
     all-reduce of a flat bf16 buffer then gives every rank every update."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
-                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0,
-                 row_norm: bool = False):
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0, world_size: int = 1,
+                 orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0, row_norm: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
                                       weight_decay=weight_decay, row_norm=row_norm))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
@@ -640,11 +635,10 @@ def muon_momentum_at(done: float, start: float, end: float) -> float:
 
 # -----------------------------------------------------------------------------
 # QUANTIZATION AND SERIALIZATION
-# The artifact is int8 with one fp16 scale per row for big matrices (rows track output
-# channels), fp16 for small tensors, fp32 for control tensors, all torch.save'd and zlib'd.
-# QUANT_BITS < 8 puts the block matrices on fewer levels (still stored as int8, which the
-# compressor shrinks); COMPRESSOR=lzma swaps zlib for xz. QUANT_GPTQ=1 picks those levels by GPTQ.
-# The score comes from the model rebuilt from these bytes, never from the trained weights.
+# The artifact is int8 with one fp16 scale per row for big matrices (rows track output channels), fp16 for small
+# tensors, fp32 for control tensors, all torch.save'd and zlib'd. QUANT_BITS < 8 puts the block matrices on fewer
+# levels (still stored as int8, which the compressor shrinks); COMPRESSOR=lzma swaps zlib for xz. QUANT_GPTQ=1 picks
+# those levels by GPTQ. The score comes from the model rebuilt from these bytes, never from the trained weights.
 # -----------------------------------------------------------------------------
 
 QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
@@ -692,8 +686,7 @@ def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, 
     return q.to(torch.int8), scale
 
 
-def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float,
-                       damp: float) -> tuple[Tensor, Tensor]:
+def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float, damp: float) -> tuple[Tensor, Tensor]:
     """intn_grid's rows rounded by GPTQ (Frantar et al. 2022): column by column, by falling diag H
     (act-order), each rounding error moves onto the columns not yet rounded, through the inverse of
     H = sum of x x^T of the layer's inputs, so that the layer's output, not each weight, stays close."""
@@ -833,16 +826,15 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 
 # -----------------------------------------------------------------------------
 # EVALUATION
-# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous
-# range of windows, and per-token losses and bytes are summed in float64, over ranks, before
-# dividing. Validation during training uses non-overlapping windows (the seed's evaluation). The
-# final score, with EVAL_STRIDE=s, starts a window every s tokens and each later window scores only
-# its last s targets, so every target still counts exactly once and, after the first window, sees at
-# least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and scores
-# only what no window scored before.
-# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go
-# in chunks of TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored,
-# the model trains on its targets, all scored by then (a target's window starts no later than it).
+# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous range of windows,
+# and per-token losses and bytes are summed in float64, over ranks, before dividing. Validation during training uses
+# non-overlapping windows (the seed's evaluation). The final score, with EVAL_STRIDE=s, starts a window every s tokens
+# and each later window scores only its last s targets, so every target still counts exactly once and, after the
+# first window, sees at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and
+# scores only what no window scored before.
+# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go in chunks of
+# TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored, the model trains on its
+# targets, all scored by then (a target's window starts no later than it).
 # -----------------------------------------------------------------------------
 
 def sliding_stride(stride: int, seq_len: int) -> int:
@@ -1181,11 +1173,9 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
             log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
                 f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
 
-    if run.device.type == "cuda":
-        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
-            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
-    else:
-        log("peak memory allocated: 0 MiB reserved: 0 MiB")
+    cuda = run.device.type == "cuda"  # the CPU says 0
+    log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20 if cuda else 0} MiB "
+        f"reserved: {torch.cuda.max_memory_reserved() // 2**20 if cuda else 0} MiB")
     return training_time_ms
 
 
@@ -1208,8 +1198,7 @@ def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, tr
 
 def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
            hessians: dict[str, Tensor] | None = None) -> None:
-    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes
-    that count."""
+    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes that count."""
     if run.rank != 0:
         return
     log, state, args = run.log, base_model.state_dict(), run.args
@@ -1346,13 +1335,11 @@ def init_process_group(device: torch.device) -> None:
 
 
 def build_training(run: Run) -> tuple[GPT, nn.Module, list[torch.optim.Optimizer], Muon]:
-    """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its
-    optimizers."""
+    """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its optimizers."""
     args, device = run.args, run.device
     base_model = build_model(args, device)
     compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
-    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed \
-        else compiled
+    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else compiled
     orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
     optimizers, muon = build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize)
     return base_model, model, optimizers, muon
@@ -1465,9 +1452,8 @@ def main() -> None:
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
     # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
-    ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs,
-                        args.ttt_lr, args.ttt_chunk_tokens) \
-        if args.ttt_epochs else None
+    ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs, args.ttt_lr,
+                        args.ttt_chunk_tokens) if args.ttt_epochs else None
     report_roundtrip(run, evaluate, val_tokens.size - 1, ttt)
     if distributed:
         dist.barrier()  # no rank tears down while another still talks to it
