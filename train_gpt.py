@@ -108,6 +108,10 @@ class Hyperparameters:
     logit_softcap = 30.0
     qk_gain_init = 1.5
     mlp_leaky_slope = 0.0  # MLP activation leaky_relu(x, slope)^2; 0: relu^2 (the seed)
+    rope_dims = 0  # RoPE rotates only the first ROPE_DIMS dimensions of each head (the records: 16 of 64); 0: all
+    ln_scale = False  # block l's attention and MLP read the normed stream times 1/sqrt(l + 1)
+    xsa_layers = 0  # the last this many blocks take from each head's output its own value's direction (XSA)
+    smear_gate = False  # each position's embedding mixes in the previous position's, by a learned per-channel gate
     parallel_layers = 0  # the last this many blocks run attention and MLP side by side (GPT-J); 0: in sequence
     recur_layers = 0  # > 0: depth recurrence, blocks RECUR_START.. (this many) run twice once it switches on
     recur_start = 3  # the first block of the repeated run
@@ -131,6 +135,7 @@ class Hyperparameters:
     grad_clip_norm = 0.0  # 0: off
     muon_weight_decay = 0.0  # decoupled: each Muon matrix shrinks by lr * this per step
     muon_row_norm = False  # MuonEq-R: each row of the momentum update scaled to unit norm before Newton-Schulz
+    ema_horizon_frac = 0.0  # > 0: export an EMA of the weights, its horizon this fraction of the budget (records 0.067)
 
     # Export.
     quant_bits = 7  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
@@ -161,10 +166,9 @@ class Hyperparameters:
 
 # -----------------------------------------------------------------------------
 # DATA
-# Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens.
-# Training reads the train shards as one endless stream; every micro-step takes one contiguous
-# chunk and hands each rank its own slice, so the global batch and the data order are the same
-# on 1, 2, 4 or 8 processes.
+# Shards are a 256-word int32 header (magic, version, token count) followed by uint16 tokens. Training reads the
+# train shards as one endless stream; every micro-step takes one contiguous chunk and hands each rank its own slice,
+# so the global batch and the data order are the same on 1, 2, 4 or 8 processes.
 # -----------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
@@ -274,10 +278,9 @@ class DistributedTokenLoader:
 
 # -----------------------------------------------------------------------------
 # THE METRIC
-# Bits per byte makes scores comparable across tokenizers: the loss in bits is divided by the
-# UTF-8 bytes of the text the tokens stand for. Bytes come from the SentencePiece pieces: a
-# leading "▁" is one space byte, except right after a boundary token (BOS), where the
-# normalizer never leaves a space.
+# Bits per byte makes scores comparable across tokenizers: the loss in bits is divided by the UTF-8 bytes of the text
+# the tokens stand for. Bytes come from the SentencePiece pieces: a leading "▁" is one space byte, except right after
+# a boundary token (BOS), where the normalizer never leaves a space.
 # -----------------------------------------------------------------------------
 
 @dataclass
@@ -338,11 +341,12 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 # learned mix of each block's input with the embedding (resid_mix), QK-norm, RoPE, a learned
 # per-head query gain, grouped KV heads, relu^2 MLPs, a tied embedding and a tanh logit cap.
 # Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul. Later records'
-# variants are switches, off unless measured to help (partial RoPE, XSA and layer scales lost: removed).
+# variants are switches, off (the seed's math) unless measured to help.
 # -----------------------------------------------------------------------------
 
 # Small per-channel parameters that gate the residual stream: Adam, fp32, kept in fp32 at export.
-CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight")
+CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "smear_gate")
+BOS_ID = 1  # starts every document in the shards (data/shards.py): no look-back (SmearGate) may cross it
 
 
 # Attention kernels a run can pick on CUDA. Both compute the same function; cuDNN's lacks native
@@ -359,25 +363,27 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.weight.to(x.dtype))
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, head_dim/2)."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+def rotary_tables(seq_len: int, rope_dims: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, rope_dims/2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     return angles.cos()[None, None], angles.sin()[None, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Half-split layout: dimension j of a head pairs with j + head_dim/2."""
-    x1, x2 = x.chunk(2, dim=-1)
+    """RoPE on the first 2 * cos.size(-1) dimensions of each head, half-split; the rest carry no position."""
+    rope_dims = 2 * cos.size(-1)
+    x1, x2 = x[..., :rope_dims].chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, x[..., rope_dims:]), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool, xsa: bool):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
         self.expand_kv = expand_kv and num_kv_heads != num_heads  # for kernels without native GQA
+        self.xsa = xsa
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
         self.c_v = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
@@ -396,7 +402,10 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         gqa = self.num_kv_heads != self.num_heads and not self.expand_kv
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, H, T, hd)
+        if self.xsa:  # XSA (arXiv 2603.09078): each head's output less its part along its own value's direction
+            y_kv, v_dir = y.view(B, v.size(1), -1, T, self.head_dim), F.normalize(v, dim=-1).unsqueeze(2)
+            y = (y_kv - (y_kv * v_dir).sum(-1, keepdim=True) * v_dir).view_as(y)  # head h reads KV head h // group
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -412,12 +421,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: Hyperparameters, parallel: bool = False):
+    def __init__(self, args: Hyperparameters, layer: int):  # physical index: a repeated block runs alike twice
         super().__init__()
-        self.parallel = parallel  # attention and MLP both read the normed input: the MLP skips this block's attention
+        self.parallel = layer >= args.num_layers - args.parallel_layers  # attention and MLP read the same input
+        self.norm_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0  # deeper blocks start as smaller edits
         dim = args.model_dim
         self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
-                                        expand_kv=args.sdpa_backend == "cudnn")
+                                        expand_kv=args.sdpa_backend == "cudnn",
+                                        xsa=layer >= args.num_layers - args.xsa_layers)
         self.mlp = MLP(dim, args.mlp_mult, args.mlp_leaky_slope)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
@@ -426,12 +437,12 @@ class Block(nn.Module):
     def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        normed = F.rms_norm(x, (x.size(-1),))
+        normed = self.norm_scale * F.rms_norm(x, (x.size(-1),))
         attn = self.attn_scale.to(x.dtype) * self.attn(normed, rope)
         if self.parallel:
             return x + attn + self.mlp_scale.to(x.dtype) * self.mlp(normed)
         x = x + attn
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(F.rms_norm(x, (x.size(-1),)))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm_scale * F.rms_norm(x, (x.size(-1),)))
 
 
 class GPT(nn.Module):
@@ -439,14 +450,15 @@ class GPT(nn.Module):
         super().__init__()
         dim, layers = args.model_dim, args.num_layers
         self.rope_base, self.logit_softcap = args.rope_base, args.logit_softcap
-        self.head_dim = dim // args.num_heads
+        self.rope_dims = args.rope_dims or dim // args.num_heads
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
+        self.smear_gate = nn.Parameter(torch.zeros(dim)) if args.smear_gate else None  # g = 1/2 at the start
         self.recur_start, self.recur_layers = args.recur_start, args.recur_layers
         self.looped = False  # set by the training loop; compiled graphs are guarded on it (one graph each way)
         # One skip weight per encoder/decoder pair of the deepest (looped) order: the first L // 2 for the
         # unlooped pairs, which keep them when the loop switches on, the rest for the loop's inner pairs.
         self.skip_weights = nn.Parameter(torch.ones((layers + args.recur_layers) // 2, dim))
-        self.blocks = nn.ModuleList(Block(args, parallel=i >= layers - args.parallel_layers) for i in range(layers))
+        self.blocks = nn.ModuleList(Block(args, i) for i in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
         # Output projections start at zero so every block begins as the identity.
         zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
@@ -467,8 +479,11 @@ class GPT(nn.Module):
 
     def logits(self, input_ids: Tensor) -> Tensor:
         x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        if self.smear_gate is not None:  # SmearGate: x_t <- (1 - g) x_t + g x_{t-1}, g = sigmoid(gate) per channel
+            prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (input_ids != BOS_ID)[..., None].to(x.dtype)  # x_{t-1}; 0 at a BOS
+            x = torch.lerp(x, prev, torch.sigmoid(self.smear_gate.to(x.dtype)))
         x0 = x
-        rope = rotary_tables(input_ids.size(1), self.head_dim, self.rope_base, input_ids.device)
+        rope = rotary_tables(input_ids.size(1), self.rope_dims, self.rope_base, input_ids.device)
         order = self.block_order()
         encoder_layers = len(order) // 2  # the U-Net: the first half's outputs feed the second half
         skips = []
@@ -507,17 +522,15 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 
 # -----------------------------------------------------------------------------
 # OPTIMIZERS
-# Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the
-# blocks: Nesterov momentum, then the update is orthogonalized by a quintic Newton-Schulz
-# iteration. Adam for the embedding and the small control tensors. The learning rate is flat,
-# then decays linearly to zero over the last WARMDOWN_FRAC of the wallclock budget (the seed:
-# the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
+# Muon (from modded-nanogpt; https://kellerjordan.github.io/posts/muon/) for the matrices in the blocks: Nesterov
+# momentum, then the update is orthogonalized by a quintic Newton-Schulz iteration. Adam for the embedding and the
+# small control tensors. The learning rate is flat, then decays linearly to zero over the last WARMDOWN_FRAC of the
+# wallclock budget (the seed: the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
 # -----------------------------------------------------------------------------
 
 def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
-    """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The
-    coefficients trade exactness for speed: singular values land in a band around 1 instead of
-    on it, which Muon tolerates."""
+    """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The coefficients trade exactness
+    for speed: singular values land in a band around 1 instead of on it, which Muon tolerates."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -535,9 +548,8 @@ class Muon(torch.optim.Optimizer):
     single batched Newton-Schulz call (one launch sequence instead of one per matrix); one
     all-reduce of a flat bf16 buffer then gives every rank every update."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0,
-                 world_size: int = 1, orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0,
-                 row_norm: bool = False):
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0, world_size: int = 1,
+                 orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0, row_norm: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
                                       weight_decay=weight_decay, row_norm=row_norm))
         self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
@@ -582,6 +594,7 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     block_params = list(model.blocks.named_parameters())
     matrices = [p for n, p in block_params if p.ndim == 2 and not is_control_tensor(n)]
     scalars = [p for n, p in block_params if p.ndim < 2 or is_control_tensor(n)] + [model.skip_weights]
+    scalars += [] if model.smear_gate is None else [model.smear_gate]
     head = [] if model.lm_head is None else [model.lm_head.weight]
     routed = matrices + scalars + head + [model.tok_emb.weight]
     assert len(routed) == len(list(model.parameters())) and len({id(p) for p in routed}) == len(routed), \
@@ -640,11 +653,10 @@ def muon_momentum_at(done: float, start: float, end: float) -> float:
 
 # -----------------------------------------------------------------------------
 # QUANTIZATION AND SERIALIZATION
-# The artifact is int8 with one fp16 scale per row for big matrices (rows track output
-# channels), fp16 for small tensors, fp32 for control tensors, all torch.save'd and zlib'd.
-# QUANT_BITS < 8 puts the block matrices on fewer levels (still stored as int8, which the
-# compressor shrinks); COMPRESSOR=lzma swaps zlib for xz. QUANT_GPTQ=1 picks those levels by GPTQ.
-# The score comes from the model rebuilt from these bytes, never from the trained weights.
+# The artifact is int8 with one fp16 scale per row for big matrices (rows track output channels), fp16 for small
+# tensors, fp32 for control tensors, all torch.save'd and zlib'd. QUANT_BITS < 8 puts the block matrices on fewer
+# levels (still stored as int8, which the compressor shrinks); COMPRESSOR=lzma swaps zlib for xz. QUANT_GPTQ=1 picks
+# those levels by GPTQ. The score comes from the model rebuilt from these bytes, never from the trained weights.
 # -----------------------------------------------------------------------------
 
 QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
@@ -692,8 +704,7 @@ def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, 
     return q.to(torch.int8), scale
 
 
-def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float,
-                       damp: float) -> tuple[Tensor, Tensor]:
+def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float, damp: float) -> tuple[Tensor, Tensor]:
     """intn_grid's rows rounded by GPTQ (Frantar et al. 2022): column by column, by falling diag H
     (act-order), each rounding error moves onto the columns not yet rounded, through the inverse of
     H = sum of x x^T of the layer's inputs, so that the layer's output, not each weight, stays close."""
@@ -833,16 +844,15 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 
 # -----------------------------------------------------------------------------
 # EVALUATION
-# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous
-# range of windows, and per-token losses and bytes are summed in float64, over ranks, before
-# dividing. Validation during training uses non-overlapping windows (the seed's evaluation). The
-# final score, with EVAL_STRIDE=s, starts a window every s tokens and each later window scores only
-# its last s targets, so every target still counts exactly once and, after the first window, sees at
-# least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and scores
-# only what no window scored before.
-# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go
-# in chunks of TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored,
-# the model trains on its targets, all scored by then (a target's window starts no later than it).
+# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous range of windows,
+# and per-token losses and bytes are summed in float64, over ranks, before dividing. Validation during training uses
+# non-overlapping windows (the seed's evaluation). The final score, with EVAL_STRIDE=s, starts a window every s tokens
+# and each later window scores only its last s targets, so every target still counts exactly once and, after the
+# first window, sees at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and
+# scores only what no window scored before.
+# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go in chunks of
+# TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored, the model trains on its
+# targets, all scored by then (a target's window starts no later than it).
 # -----------------------------------------------------------------------------
 
 def sliding_stride(stride: int, seq_len: int) -> int:
@@ -1029,12 +1039,15 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
                                                            and 0 <= args.recur_from_frac < 1):
         raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
                           f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1)")
-    if not 0 <= args.parallel_layers <= args.num_layers:
-        raise ConfigError(f"PARALLEL_LAYERS={args.parallel_layers} must be in 0..NUM_LAYERS={args.num_layers}")
+    for name in ("parallel_layers", "xsa_layers"):
+        if not 0 <= getattr(args, name) <= args.num_layers:
+            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be in 0..NUM_LAYERS={args.num_layers}")
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
-    for name in ("warmdown_frac", "muon_momentum_warmup_frac"):
+    if args.rope_dims % 2 or not 0 <= args.rope_dims <= args.model_dim // args.num_heads:
+        raise ConfigError(f"ROPE_DIMS={args.rope_dims} must be 0 (all) or an even number up to MODEL_DIM/NUM_HEADS")
+    for name in ("warmdown_frac", "muon_momentum_warmup_frac", "ema_horizon_frac"):
         if not 0 <= getattr(args, name) <= 1:
             raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
     if args.eval_stride < 0:
@@ -1133,7 +1146,10 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
     """Returns the training time in ms."""
     args, log = run.args, run.log
     max_wallclock_ms = loop_budget_ms(args)
-    training_time_ms, stop_after_step, step = 0.0, None, 0
+    training_time_ms, stop_after_step, step, averaged_frac = 0.0, None, 0, 0.0
+    # EMA_HORIZON_FRAC: an fp32 moving average of the weights whose horizon (1/(1 - decay) steps) is that fraction of
+    # the budget (a capped run's step count is unknown): a step that spends d of it keeps exp(-d / EMA_HORIZON_FRAC).
+    average = {k: v.float().clone() for k, v in base_model.state_dict().items()} if args.ema_horizon_frac else {}
     run.sync()
     t0 = time.perf_counter()
     while True:
@@ -1141,6 +1157,9 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
         if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
             run.sync()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
+            if last_step and average:  # from here on (last validation, GPTQ, export) the model is the average
+                base_model.load_state_dict(average)
+                log(f"ema:applied horizon_frac:{args.ema_horizon_frac}")
             val_loss, val_bpb = evaluate()
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
@@ -1163,13 +1182,16 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
 
         approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
-        loop_next = args.recur_layers > 0 and \
-            budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms) >= args.recur_from_frac
-        if run.distributed and max_wallclock_ms is not None:  # every rank stops, and loops, from the same step
-            flags = torch.tensor([int(reached_cap), int(loop_next)], device=run.device)
+        spent = budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms)
+        if run.distributed and max_wallclock_ms is not None:  # every rank stops, loops and averages by one clock
+            flags = torch.tensor([float(reached_cap), spent], dtype=torch.float64, device=run.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            reached_cap, loop_next = (bool(f) for f in flags.tolist())
-        if loop_next and not base_model.looped:
+            reached_cap, spent = bool(flags[0]), float(flags[1])
+        if average:  # every rank keeps its own: the same weights and fractions give the same average
+            decay = math.exp((averaged_frac - spent) / args.ema_horizon_frac)
+            torch._foreach_lerp_([*average.values()], [v.float() for v in base_model.state_dict().values()], 1 - decay)
+            averaged_frac = spent
+        if args.recur_layers > 0 and spent >= args.recur_from_frac and not base_model.looped:
             base_model.looped = True
             log(f"recurrence:on steps_done:{step} order:{','.join(map(str, base_model.block_order()))}")
         if stop_after_step is None and reached_cap:
@@ -1181,11 +1203,9 @@ def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.op
             log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
                 f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
 
-    if run.device.type == "cuda":
-        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
-            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
-    else:
-        log("peak memory allocated: 0 MiB reserved: 0 MiB")
+    cuda = run.device.type == "cuda"  # the CPU says 0
+    log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20 if cuda else 0} MiB "
+        f"reserved: {torch.cuda.max_memory_reserved() // 2**20 if cuda else 0} MiB")
     return training_time_ms
 
 
@@ -1208,8 +1228,7 @@ def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, tr
 
 def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
            hessians: dict[str, Tensor] | None = None) -> None:
-    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes
-    that count."""
+    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes that count."""
     if run.rank != 0:
         return
     log, state, args = run.log, base_model.state_dict(), run.args
@@ -1346,13 +1365,11 @@ def init_process_group(device: torch.device) -> None:
 
 
 def build_training(run: Run) -> tuple[GPT, nn.Module, list[torch.optim.Optimizer], Muon]:
-    """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its
-    optimizers."""
+    """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its optimizers."""
     args, device = run.args, run.device
     base_model = build_model(args, device)
     compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
-    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed \
-        else compiled
+    model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else compiled
     orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
     optimizers, muon = build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize)
     return base_model, model, optimizers, muon
@@ -1465,9 +1482,8 @@ def main() -> None:
     # ---- the score: the model rebuilt from the artifact's bytes ------------------------------
     load_weights(base_model, artifact_state, artifact)
     # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
-    ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs,
-                        args.ttt_lr, args.ttt_chunk_tokens) \
-        if args.ttt_epochs else None
+    ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs, args.ttt_lr,
+                        args.ttt_chunk_tokens) if args.ttt_epochs else None
     report_roundtrip(run, evaluate, val_tokens.size - 1, ttt)
     if distributed:
         dist.barrier()  # no rank tears down while another still talks to it

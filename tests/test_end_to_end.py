@@ -141,12 +141,16 @@ def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_p
 def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", QK_GAIN_INIT="5",
                    MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1", PARALLEL_LAYERS="1", RECUR_LAYERS="1",
-                   RECUR_START="0", EVAL_STRIDE="16", WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
+                   RECUR_START="0", XSA_LAYERS="2", ROPE_DIMS="16", LN_SCALE="1", SMEAR_GATE="1",
+                   EMA_HORIZON_FRAC="0.1", EVAL_STRIDE="16", TTT_EPOCHS="1", TTT_LR="0.02", TTT_CHUNK_TOKENS="512",
+                   WARMDOWN_FRAC="0.9", MUON_MOMENTUM_WARMUP_FRAC="0.2")
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     lines = parse(run.stdout)
     # 11 of ITERATIONS=30 steps done is 0.37 >= 0.35: block 0 runs twice from the 12th step on, and in the score
     assert "\nrecurrence:on steps_done:11 order:0,0,1\n" in run.stdout
+    # The average replaces the weights before the last validation, whose numbers then describe the export.
+    assert "\nema:applied horizon_frac:0.1\nstep:30/30 val_loss:" in run.stdout and "\nttt epochs:1 " in run.stdout
     losses = train_losses(run.stdout)
     assert max(losses[28], losses[29], losses[30]) < losses[1] - 1.0, losses
     artifact = tmp_path / "artifacts" / "beyond_model.int8.ptz"

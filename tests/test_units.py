@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zlib
 from pathlib import Path
 
@@ -32,6 +33,7 @@ SPEC_DEFAULTS = dict(
 # The switches of everything beyond the seed, at the values that give the seed's math.
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
                      mlp_leaky_slope=0.0, parallel_layers=0, recur_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
+                     rope_dims=0, ln_scale=False, xsa_layers=0, smear_gate=False, ema_horizon_frac=0.0,
                      quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "recur_start", "recur_from_frac", "quant_clip_sigmas",
@@ -58,8 +60,9 @@ def test_readme_seed_environment_selects_the_seed_math():
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
     model = train_gpt.build_model(args, torch.device("cpu"))
-    assert not any(block.attn.expand_kv or block.parallel for block in model.blocks)
-    assert model.blocks[0].mlp.leaky_slope == 0
+    assert not any(block.attn.expand_kv or block.parallel or block.attn.xsa for block in model.blocks)
+    assert all(block.norm_scale == 1.0 for block in model.blocks)
+    assert model.blocks[0].mlp.leaky_slope == 0 and model.rope_dims == 64 and model.smear_gate is None
 
 
 def test_environment_overrides_and_types():
@@ -508,7 +511,8 @@ def test_export_names_follow_the_settings():
 # ---- the model --------------------------------------------------------------------------------
 
 # Every model switch beyond the seed, on.
-BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2", RECUR_LAYERS="1", RECUR_START="1")
+BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2", RECUR_LAYERS="1", RECUR_START="1",
+                         XSA_LAYERS="2", ROPE_DIMS="8", LN_SCALE="1", SMEAR_GATE="1")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
     args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
@@ -620,6 +624,137 @@ def test_depth_recurrence_runs_the_repeated_blocks_twice_with_skips_over_the_loo
     assert not torch.equal(losses[True][0], losses[False][0])
 
 
+SMALL_MODEL = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2")
+
+
+def seed_rotary(x, cos, sin):
+    """The seed's RoPE, as it was written before ROPE_DIMS: every dimension, j paired with j + head_dim/2."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+def test_partial_rotary_rotates_only_the_first_rope_dims():
+    cos, sin = train_gpt.rotary_tables(64, 16, 10000.0, torch.device("cpu"))
+    assert cos.shape == (1, 1, 64, 8)
+    x = torch.randn(2, 3, 64, 48)
+    rotated = train_gpt.apply_rotary(x, cos, sin)
+    assert torch.equal(rotated[..., 16:], x[..., 16:]), "the other 32 dimensions carry no position"
+    # Dimension j < 8 pairs with j + 8 at angle position * 10000^(-j/8): RoPE of a 16-dimensional head.
+    angles = torch.arange(64.0)[:, None] * 10000.0 ** (-torch.arange(8.0) / 8)
+    x1, x2 = x[..., :8], x[..., 8:16]
+    expected = torch.cat((x1 * angles.cos() + x2 * angles.sin(), x2 * angles.cos() - x1 * angles.sin()), dim=-1)
+    torch.testing.assert_close(rotated[..., :16], expected)
+
+
+def test_rope_dims_of_the_whole_head_is_the_seed_rotary():
+    x = torch.randn(2, 3, 64, 48)
+    cos, sin = train_gpt.rotary_tables(64, 48, 10000.0, torch.device("cpu"))
+    assert torch.equal(train_gpt.apply_rotary(x, cos, sin), seed_rotary(x, cos, sin))
+    ids = torch.randint(0, 64, (2, 16))
+    models = [train_gpt.build_model(train_gpt.Hyperparameters(dict(SMALL_MODEL, ROPE_DIMS=n)), torch.device("cpu"))
+              for n in ("0", "8")]
+    assert [m.rope_dims for m in models] == [8, 8]  # 0 means all: the head has 32 / 4 = 8 dimensions
+    for m in models:
+        for block in m.blocks:
+            torch.nn.init.normal_(block.attn.proj.weight, std=0.1)
+    models[1].load_state_dict(models[0].state_dict())
+    assert torch.equal(models[0].logits(ids), models[1].logits(ids))
+
+
+def test_xsa_removes_from_each_head_its_own_value_direction_in_the_last_blocks():
+    torch.manual_seed(0)
+    env = dict(SMALL_MODEL, XSA_LAYERS="3", SDPA_BACKEND="flash")  # native GQA: v keeps its 2 heads
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    assert [block.attn.xsa for block in model.blocks] == [False, True, True, True]
+    attn = model.blocks[1].attn
+    assert not attn.expand_kv  # cuDNN's layout, with v repeated, is compared with this one further down
+    with torch.no_grad():
+        attn.proj.weight.copy_(torch.eye(32))  # the output is then the heads' outputs side by side
+    x, rope = torch.randn(2, 10, 32), train_gpt.rotary_tables(10, 8, 10000.0, torch.device("cpu"))
+    out = attn(x, rope).view(2, 10, 4, 8)
+    attn.xsa = False
+    plain = attn(x, rope).view(2, 10, 4, 8)
+    v = attn.c_v(x).view(2, 10, 2, 8).repeat_interleave(2, dim=2)  # 4 query heads on 2 KV heads: h reads h // 2
+    assert (out * v).sum(-1).abs().max() < 1e-5, "nothing left along the own value"
+    assert (plain * v).sum(-1).abs().max() > 1e-2
+    v_dir = torch.nn.functional.normalize(v, dim=-1)  # the reference, with the KV heads repeated
+    torch.testing.assert_close(out, plain - (plain * v_dir).sum(-1, keepdim=True) * v_dir)
+
+
+def test_ln_scale_damps_block_l_by_one_over_sqrt_l_plus_1():
+    torch.manual_seed(0)
+    env = dict(SMALL_MODEL, LN_SCALE="1", RECUR_LAYERS="2", RECUR_START="1")
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    # By physical index: blocks 1 and 2, repeated by the recurrence, keep their factor in both passes.
+    assert [block.norm_scale for block in model.blocks] == pytest.approx([1, 2 ** -0.5, 3 ** -0.5, 0.5])
+    block = model.blocks[2]
+    for linear in (block.attn.proj, block.mlp.proj):
+        torch.nn.init.normal_(linear.weight, std=0.1)
+    x, x0 = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    rope = train_gpt.rotary_tables(8, 8, 10000.0, torch.device("cpu"))
+    rms = lambda t: torch.nn.functional.rms_norm(t, (32,))  # noqa: E731
+    after_attn = x + block.attn(rms(x) / 3 ** 0.5, rope)  # resid_mix starts at (1, 0): the block reads x
+    torch.testing.assert_close(block(x, x0, rope), after_attn + block.mlp(rms(after_attn) / 3 ** 0.5))
+    seed = train_gpt.build_model(train_gpt.Hyperparameters(SMALL_MODEL), torch.device("cpu")).blocks[2]
+    seed.load_state_dict(block.state_dict())
+    after_attn = x + seed.attn(rms(x), rope)
+    assert seed.norm_scale == 1.0 and torch.equal(seed(x, x0, rope), after_attn + seed.mlp(rms(after_attn)))
+
+
+def smeared_embeddings(model, *ids):
+    """Block 0's input x0 (the embedding after the smear gate) for each batch of token ids."""
+    embedded = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _, inputs: embedded.append(inputs[1]))  # (x, x0, rope)
+    for t in ids:
+        model.logits(t)
+    hook.remove()
+    return embedded
+
+
+def test_smear_gate_mixes_in_the_previous_position_and_never_across_a_bos():
+    torch.manual_seed(0)
+    model = train_gpt.build_model(train_gpt.Hyperparameters(dict(SMALL_MODEL, SMEAR_GATE="1")), torch.device("cpu"))
+    assert model.smear_gate.dtype == torch.float32 and torch.equal(model.smear_gate, torch.zeros(32))  # g = 1/2
+    with torch.no_grad():
+        model.smear_gate.normal_()
+    g = torch.sigmoid(model.smear_gate.bfloat16()).float()
+    ids = torch.randint(2, 64, (2, 12))  # no BOS
+    (smeared,) = smeared_embeddings(model, ids)
+    x = torch.nn.functional.rms_norm(model.tok_emb(ids), (32,)).float()  # the model's bf16 embedding
+    expected = (1 - g) * x
+    expected[:, 1:] += g * x[:, :-1]  # the first position has no previous one
+    bf16 = dict(rtol=0.02, atol=0.01)  # the model computes in bf16
+    torch.testing.assert_close(smeared.float(), expected, **bf16)
+    # A BOS at position 5: changing every token before it changes nothing from it on.
+    ids[:, 5] = train_gpt.BOS_ID
+    other = ids.clone()
+    other[:, :5] = (ids[:, :5] + 1) % 62 + 2
+    before, after = smeared_embeddings(model, ids, other)
+    assert torch.equal(before[:, 5:], after[:, 5:]) and not torch.equal(before[:, :5], after[:, :5])
+    bos = torch.nn.functional.rms_norm(model.tok_emb(ids[:, 5]), (32,)).float()
+    torch.testing.assert_close(before[:, 5].float(), (1 - g) * bos, **bf16)  # the BOS keeps only its own share
+    ids[:, 5] = other[:, 5] = 7  # without the BOS, position 5 takes in position 4
+    before, after = smeared_embeddings(model, ids, other)
+    assert not torch.equal(before[:, 5], after[:, 5])
+
+
+def test_smear_gate_is_a_scalar_adam_parameter_kept_exactly_by_the_export(tmp_path):
+    args = train_gpt.Hyperparameters(dict(SMALL_MODEL, SMEAR_GATE="1"))
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    optimizers, _ = train_gpt.build_optimizers(model, args, 0, 1)  # asserts that every parameter has a group
+    assert any(p is model.smear_gate for p in optimizers[-1].param_groups[0]["params"])  # the scalar Adam
+    assert optimizers[-1].param_groups[0]["base_lr"] == args.scalar_lr
+    with torch.no_grad():
+        model.smear_gate.normal_()
+    path = tmp_path / "smear.int8.ptz"
+    path.write_bytes(train_gpt.serialize_artifact(train_gpt.quantize_state_dict(model.state_dict())[0])[0])
+    state = train_gpt.load_artifact(str(path))[0]
+    assert state["smear_gate"].dtype == torch.float32 and torch.equal(state["smear_gate"], model.smear_gate)
+    without = train_gpt.build_model(train_gpt.Hyperparameters(SMALL_MODEL), torch.device("cpu"))
+    with pytest.raises(train_gpt.ConfigError, match=r"unexpected \['smear_gate'\]"):
+        train_gpt.load_weights(without, state, str(path))
+
+
 def test_model_and_newton_schulz_trace_as_single_graphs():
     """The GPU run compiles with fullgraph=True; a graph break would only show up there. The
     eager backend traces with dynamo alone, so this costs seconds on the CPU."""
@@ -685,8 +820,9 @@ def test_muon_on_several_ranks_matches_one_rank(tmp_path, world_size):
             torch.testing.assert_close(b, a, rtol=0, atol=0.05 * 0.02 * 2)  # bf16 noise of a batched matmul
 
 
-def test_cudnn_layout_computes_the_same_attention():
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2")
+@pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])
+def test_cudnn_layout_computes_the_same_attention(features):
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
     native = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="flash")), torch.device("cpu"))
     expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
     assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv
@@ -705,3 +841,89 @@ def test_attention_kernel_probe_compares_two_kernels():
     with pytest.raises(RuntimeError):  # a kernel that cannot run here raises; select_attention falls back
         train_gpt.attention_kernels_agree(cpu, 2, 64, 16, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
     assert train_gpt.select_attention("cudnn", cpu, 8, 4096, 64) == ("cudnn", "")  # no CUDA: nothing to pick
+
+
+# ---- the weight average (EMA) -----------------------------------------------------------------
+
+class RandomBatches:
+    """Stands in for the training loader: random tokens, a stream of its own for each rank."""
+
+    def __init__(self, vocab_size: int, rank: int = 0):
+        self.vocab_size, self.generator = vocab_size, torch.Generator().manual_seed(rank)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        ids = torch.randint(0, self.vocab_size, (global_tokens // 8 // seq_len, seq_len + 1), generator=self.generator)
+        return ids[:, :-1], ids[:, 1:]
+
+
+TRAIN_ENV = dict(SMALL_MODEL, TRAIN_BATCH_TOKENS="256", TRAIN_SEQ_LEN="16", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="0",
+                 MAX_WALLCLOCK_SECONDS="0", COMPILE="0", MATRIX_LR="0.04", SCALAR_LR="0.04", TIED_EMBED_LR="0.1")
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_and_record(monkeypatch, env: dict[str, str], rank: int = 0, world_size: int = 1):
+    """train() on a tiny model: the weights before and after every optimizer step, those the last
+    validation saw and those left for GPTQ and the export."""
+    args = train_gpt.Hyperparameters(env)
+    run = train_gpt.Run(args, rank, world_size, 8 // world_size, world_size > 1, torch.device("cpu"),
+                        train_gpt.RunLog(None))
+    base_model, model, optimizers, muon = train_gpt.build_training(run)
+    stepped, validated, optimizer_step = [weights_of(base_model)], [], train_gpt.optimizer_step
+
+    def recording_step(*step_args):
+        optimizer_step(*step_args)
+        stepped.append(weights_of(base_model))
+
+    def evaluate():
+        validated.append(weights_of(base_model))
+        return 0.0, 0.0
+
+    monkeypatch.setattr(train_gpt, "optimizer_step", recording_step)
+    train_gpt.train(run, model, base_model, optimizers, muon, RandomBatches(64, rank), evaluate)
+    return stepped, validated[-1], weights_of(base_model)
+
+
+def test_the_average_decays_by_the_budget_each_step_spends_and_is_what_the_export_sees(monkeypatch):
+    fractions = [0.0, 0.02, 0.05, 0.051, 0.3, 0.31, 1.0]  # the budget spent after each of 6 steps: uneven steps
+    monkeypatch.setattr(train_gpt, "budget_used", lambda step, *_: fractions[step])
+    stepped, validated, final = train_and_record(monkeypatch, dict(TRAIN_ENV, ITERATIONS="6", EMA_HORIZON_FRAC="0.2"))
+    assert len(stepped) == 7
+    for name, value in validated.items():
+        ema = stepped[0][name].double()
+        for k in range(1, 7):
+            keep = math.exp(-(fractions[k] - fractions[k - 1]) / 0.2)  # a step spending d of the budget keeps e^(-d/h)
+            ema = keep * ema + (1 - keep) * stepped[k][name].double()
+        torch.testing.assert_close(value, ema.to(value.dtype), msg=name)  # what the last validation saw
+        assert torch.equal(final[name], value), "GPTQ and the export get the average too"
+    moved = [n for n in validated if not torch.equal(stepped[-1][n], stepped[-2][n])]
+    assert moved and not any(torch.allclose(validated[n], stepped[-1][n]) for n in moved)
+    stepped, validated, final = train_and_record(monkeypatch, dict(TRAIN_ENV, ITERATIONS="6"))  # off (the seed)
+    assert all(torch.equal(validated[n], stepped[-1][n]) and torch.equal(final[n], stepped[-1][n]) for n in final)
+    # The records' 0.997 per step over ~5,000 steps is a horizon of 1/(1 - 0.997) = 333 steps, 0.067 of the run.
+    assert math.exp(-(1 / 5000) / 0.0667) == pytest.approx(0.997, abs=1e-5)
+
+
+def average_on_two_ranks(rank: int, world_size: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # more threads than cores: gloo's DDP then takes seconds a step
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size)
+    # Schedules by steps, not by each rank's own clock, so that the ranks' weights stay the same.
+    env = dict(TRAIN_ENV, ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="2", EMA_HORIZON_FRAC="0.3", WARMDOWN_FRAC="0",
+               WARMDOWN_ITERS="0", MUON_MOMENTUM_WARMUP_FRAC="0")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        stepped, _, final = train_and_record(monkeypatch, env, rank, world_size)
+    torch.save(dict(last=stepped[-1], final=final, steps=len(stepped) - 1), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ranks_keep_the_same_average_under_a_wallclock_cap(tmp_path):
+    """Every rank averages its own copy of the (identical) weights, by the budget fraction all ranks
+    agreed on after each step; their own clocks would give each rank its own decays."""
+    torch.multiprocessing.spawn(average_on_two_ranks, args=(2, str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    assert a["steps"] == b["steps"] > 1
+    for name in a["final"]:
+        assert torch.equal(a["last"][name], b["last"][name]) and torch.equal(a["final"][name], b["final"][name]), name
+        assert not torch.equal(a["final"][name], a["last"][name]), f"{name} is the average, not the last step"
