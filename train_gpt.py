@@ -1008,10 +1008,16 @@ def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
-    try:
-        paths["log"].touch(exist_ok=False)
-    except OSError as e:
-        raise ConfigError(f"cannot write {paths['log']} ({e.strerror}); run from a writable folder") from None
+    # Real writes, not the mode bits (root ignores them, not a read-only disk): first a probe of the
+    # model's folder, so that a refused run leaves no log; then the log, which stays to claim the RUN_ID.
+    for path in (paths["raw"], paths["log"]) if writes_model else (paths["log"],):
+        try:
+            path.touch(exist_ok=False)
+        except OSError as e:
+            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ writable, or run from a "
+                              f"writable folder") from None
+        if path != paths["log"]:
+            path.unlink()
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:

@@ -3,8 +3,10 @@ work, and never a traceback."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -145,6 +147,24 @@ def test_unwritable_log_folder(monkeypatch, tmp_path, dataset, tokenizer_path):
     (tmp_path / "logs").write_text("a file where the folder should be")
     msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path))
     assert msg.startswith("cannot create logs/") and "writable folder" in msg
+
+
+@pytest.mark.parametrize("how", ["a file", "read-only", "no writes even by root"])
+def test_unwritable_artifacts_folder(monkeypatch, tmp_path, dataset, tokenizer_path, how):
+    artifacts = tmp_path / "artifacts"
+    if how == "a file":
+        artifacts.write_text("a file where the folder should be")
+    elif how == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores a folder's mode bits; the next case stands in for it")
+        artifacts.mkdir(mode=0o555)
+    else:
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs Linux's /sys, where nobody may create files")
+        artifacts.symlink_to("/sys/kernel")
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="r", ITERATIONS="2"))
+    assert msg.startswith("cannot ") and "artifacts/" in msg and "writable" in msg
+    assert not (tmp_path / "logs" / "r.txt").exists(), "a refused run leaves no log to claim its RUN_ID"
 
 
 def test_reused_run_id(monkeypatch, tmp_path, dataset, tokenizer_path):
