@@ -15,6 +15,7 @@ import lzma
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -1021,6 +1022,9 @@ def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    if args.run_id and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", args.run_id):  # not a path
+        raise ConfigError(f"RUN_ID={args.run_id!r} is not a plain file name: set RUN_ID to at most 100 letters, "
+                          f"digits, '.', '_' or '-', not starting with '.' (or unset it for a fresh one)")
     if not 0 <= args.seed < 2**32:
         raise ConfigError(f"SEED={args.seed} must be between 0 and 2**32-1")
     if args.iterations < 0:

@@ -167,6 +167,15 @@ def test_unwritable_artifacts_folder(monkeypatch, tmp_path, dataset, tokenizer_p
     assert not (tmp_path / "logs" / "r.txt").exists(), "a refused run leaves no log to claim its RUN_ID"
 
 
+@pytest.mark.parametrize("run_id", ["../escape", "{tmp}/elsewhere/run", "a/b", ".hidden", "a b", "x" * 101])
+def test_run_id_must_be_a_plain_name(monkeypatch, tmp_path, dataset, tokenizer_path, run_id):
+    run_id = run_id.format(tmp=tmp_path)
+    env = tiny_env(dataset, tokenizer_path, RUN_ID=run_id, ITERATIONS="1")
+    msg = config_error(monkeypatch, tmp_path, env)
+    assert msg.startswith(f"RUN_ID={run_id!r} is not a plain file name: ") and "set RUN_ID to" in msg
+    assert [p.name for p in tmp_path.iterdir()] == [], "a refused run writes nothing"
+
+
 def test_reused_run_id(monkeypatch, tmp_path, dataset, tokenizer_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "taken.txt").write_text("an earlier run")
