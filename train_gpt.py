@@ -1021,55 +1021,63 @@ def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
             path.unlink()
 
 
+def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) -> None:
+    """One setting's rule; its error says what to set instead."""
+    if not holds:
+        raise ConfigError(f"{name.upper()}={getattr(args, name)} must be {rule}: set {name.upper()} to {fix}")
+
+
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
     if args.run_id and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", args.run_id):  # not a path
         raise ConfigError(f"RUN_ID={args.run_id!r} is not a plain file name: set RUN_ID to at most 100 letters, "
                           f"digits, '.', '_' or '-', not starting with '.' (or unset it for a fresh one)")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"SEED={args.seed} must be between 0 and 2**32-1")
-    if args.iterations < 0:
-        raise ConfigError(f"ITERATIONS={args.iterations} must be 0 or more")
+    defaults = Hyperparameters.defaults()
+    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len",
+                 "embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "ttt_lr"):
+        kind = "integer" if isinstance(defaults[name], int) else "number"
+        require(args, name, getattr(args, name) > 0, "> 0", f"a positive {kind} such as {defaults[name]}")
+    require(args, "seed", 0 <= args.seed < 2**32, "between 0 and 2**32-1", "an integer in that range such as 1337")
+    require(args, "iterations", args.iterations >= 0, "0 or more", f"a step count such as {defaults['iterations']}")
     if args.sdpa_backend not in SDPA_BACKENDS:
         raise ConfigError(f"SDPA_BACKEND={args.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
-    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
     recur_end = args.recur_start + args.recur_layers
     if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
                                                            and 0 <= args.recur_from_frac < 1):
         raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
-                          f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1)")
-    if not 0 <= args.parallel_layers <= args.num_layers:
-        raise ConfigError(f"PARALLEL_LAYERS={args.parallel_layers} must be in 0..NUM_LAYERS={args.num_layers}")
+                          f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1) "
+                          f"(or RECUR_LAYERS=0: no recurrence)")
+    require(args, "parallel_layers", 0 <= args.parallel_layers <= args.num_layers,
+            f"in 0..NUM_LAYERS={args.num_layers}", "a number in that range (0: every block in sequence)")
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
     for name in ("warmdown_frac", "muon_momentum_warmup_frac"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
-    if args.eval_stride < 0:
-        raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 or more (0: no sliding windows)")
-    if args.ttt_epochs < 0 or args.ttt_lr < 0:
-        raise ConfigError(f"TTT_EPOCHS={args.ttt_epochs} and TTT_LR={args.ttt_lr} must be 0 or more (TTT_EPOCHS=0: off)")
+        require(args, name, 0 <= getattr(args, name) <= 1, "a fraction of the budget in [0, 1]",
+                f"a number in [0, 1] such as {defaults[name]} (0: a schedule in steps)")
+    require(args, "eval_stride", args.eval_stride >= 0, "0 or more",
+            f"0 (no sliding windows) or a stride such as {defaults['eval_stride']}")
+    require(args, "ttt_epochs", args.ttt_epochs >= 0, "0 or more",
+            f"0 (no test-time training) or a count such as {defaults['ttt_epochs']}")
     per_chunk = world_size * args.train_seq_len  # every rank trains on as many whole sequences
-    if args.ttt_epochs and (args.ttt_chunk_tokens <= 0 or args.ttt_chunk_tokens % per_chunk):
-        raise ConfigError(f"TTT_CHUNK_TOKENS={args.ttt_chunk_tokens} must be a positive multiple of "
-                          f"WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk} (or TTT_EPOCHS=0: no test-time training)")
+    chunks_split = args.ttt_chunk_tokens > 0 and args.ttt_chunk_tokens % per_chunk == 0
+    require(args, "ttt_chunk_tokens", chunks_split or not args.ttt_epochs,
+            f"a positive multiple of WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk}",
+            f"a multiple of {per_chunk}, or TTT_EPOCHS=0 (no test-time training)")
     per_micro_step = world_size * grad_accum_steps * args.train_seq_len
     if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
         raise ConfigError(
-            f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} does not split into whole sequences: it must be a "
-            f"positive multiple of WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = {world_size}*{grad_accum_steps}*"
+            f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} does not split into whole sequences: set TRAIN_BATCH_TOKENS "
+            f"to a positive multiple of WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = {world_size}*{grad_accum_steps}*"
             f"{args.train_seq_len} = {per_micro_step}")
     if args.val_batch_size < per_micro_step:
         raise ConfigError(f"VAL_BATCH_SIZE={args.val_batch_size} gives each rank less than one sequence; "
                           f"set it to at least {per_micro_step}")
     if args.eval_artifact:  # the artifact says how it was exported
         return
-    if not 5 <= args.quant_bits <= 8:
-        raise ConfigError(f"QUANT_BITS={args.quant_bits} must be in 5..8 (8: the seed's int8)")
-    if not args.quant_clip_sigmas > 0:
-        raise ConfigError(f"QUANT_CLIP_SIGMAS={args.quant_clip_sigmas} must be a positive number of std deviations")
+    require(args, "quant_bits", 5 <= args.quant_bits <= 8, "in 5..8",
+            f"a number in that range such as {defaults['quant_bits']} (8: the seed's int8)")
+    require(args, "quant_clip_sigmas", args.quant_clip_sigmas > 0, "> 0",
+            f"a positive number such as {defaults['quant_clip_sigmas']} (std deviations)")
     if args.compressor not in COMPRESSORS:
         raise ConfigError(f"COMPRESSOR={args.compressor!r} is not one of {', '.join(COMPRESSORS)}")
     cap = args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else math.inf
