@@ -376,6 +376,21 @@ def test_verify_reports_each_problem(dataset, tmp_path, damage, message):
     assert run.returncode == 1 and "FAILED" in run.stdout
 
 
+def test_verify_without_a_vocabulary_size_still_checks_every_shard(dataset, tmp_path):
+    folder = copy_dataset(dataset, tmp_path)
+    (folder / "manifest.json").unlink()
+    headerless, truncated = folder / "fineweb_train_000001.bin", folder / "fineweb_train_000002.bin"
+    headerless.write_bytes(b"\0" * 8 + headerless.read_bytes()[8:])
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    problems, summaries = verify.verify(folder, None, None)
+    assert [p for p in problems if str(headerless) in p] == [f"{headerless}: bad header (want magic 20240520, version 1)"]
+    assert [p for p in problems if str(truncated) in p][0].startswith(f"{truncated}: ")
+    assert problems[-1] == f"token ids not checked: pass --tokenizer or --vocab-size ({folder} has no manifest.json)"
+    assert len(problems) == 3 and summaries["val"]["bos"] == VAL_DOCS
+    run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(folder)], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout.count("PROBLEM: ") == 3 and "FAILED, 3 problem(s)" in run.stdout
+
+
 # ---- downloading ------------------------------------------------------------------------------
 
 class Hub:
