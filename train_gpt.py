@@ -15,7 +15,6 @@ import lzma
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -1028,7 +1027,8 @@ def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) 
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
-    if args.run_id and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", args.run_id):  # not a path
+    plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in args.run_id)  # not a path
+    if not plain or args.run_id.startswith(".") or len(args.run_id) > 100:
         raise ConfigError(f"RUN_ID={args.run_id!r} is not a plain file name: set RUN_ID to at most 100 letters, "
                           f"digits, '.', '_' or '-', not starting with '.' (or unset it for a fresh one)")
     defaults = Hyperparameters.defaults()
