@@ -1,10 +1,9 @@
 """Parameter-golf record script: "Training Opt Seq4096 v1", rebuilt as one readable file.
 
-Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it
-quantized and compressed (int7+lzma; the seed: int8+zlib), and scores the round-tripped artifact in bits per byte (val_bpb) on the full
-validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters).
-Runs under `torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain
-`python3`, on CUDA or, for tiny configurations, on the CPU.
+Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it quantized and compressed
+(int7+lzma; the seed: int8+zlib), and scores the round-tripped artifact in bits per byte (val_bpb) on the full
+validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters). Runs under
+`torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`, on CUDA or the CPU.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ def first_line(e: Exception) -> str:
 
 # -----------------------------------------------------------------------------
 # HYPERPARAMETERS
-# Each attribute below is read from the environment variable of the same name in upper case;
-# the value written here is the record's default. One table, read once when the object is built.
+# Each attribute below is read from the environment variable of the same name in upper case; the value written here
+# is the record's default. One table, read once when the object is built.
 # -----------------------------------------------------------------------------
 
 def parse_env_value(var: str, raw: str, kind: type) -> object:
@@ -337,11 +336,10 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 
 # -----------------------------------------------------------------------------
 # MODEL
-# A GPT with a U-Net of skips (the first half's outputs feed the second half in reverse), a
-# learned mix of each block's input with the embedding (resid_mix), QK-norm, RoPE, a learned
-# per-head query gain, grouped KV heads, relu^2 MLPs, a tied embedding and a tanh logit cap.
-# Linear weights stay fp32 for the optimizer and are cast to bf16 at the matmul. Later records'
-# variants are switches, off (the seed's math) unless measured to help.
+# A GPT with a U-Net of skips (the first half's outputs feed the second half in reverse), a learned mix of each
+# block's input with the embedding (resid_mix), QK-norm, RoPE, a learned per-head query gain, grouped KV heads, relu^2
+# MLPs, a tied embedding and a tanh logit cap. Linear weights stay fp32 for the optimizer and are cast to bf16 at the
+# matmul. Later records' variants are switches, off (the seed's math) unless measured to help.
 # -----------------------------------------------------------------------------
 
 # Small per-channel parameters that gate the residual stream: Adam, fp32, kept in fp32 at export.
@@ -1018,63 +1016,70 @@ def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
-    try:
-        paths["log"].touch(exist_ok=False)
-    except OSError as e:
-        raise ConfigError(f"cannot write {paths['log']} ({e.strerror}); run from a writable folder") from None
+    # Real writes, not the mode bits (root ignores them, not a read-only disk): first a probe of the
+    # model's folder, so that a refused run leaves no log; then the log, which stays to claim the RUN_ID.
+    for path in (paths["raw"], paths["log"]) if writes_model else (paths["log"],):
+        try:
+            path.touch(exist_ok=False)
+        except OSError as e:
+            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ writable, or run from a "
+                              f"writable folder") from None
+        if path != paths["log"]:
+            path.unlink()
+
+
+def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) -> None:
+    """One setting's rule; its error says what to set instead."""
+    if not holds:
+        raise ConfigError(f"{name.upper()}={getattr(args, name)} must be {rule}: set {name.upper()} to {fix} "
+                          f"(default {Hyperparameters.defaults()[name]})")
 
 
 def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"SEED={args.seed} must be between 0 and 2**32-1")
-    if args.iterations < 0:
-        raise ConfigError(f"ITERATIONS={args.iterations} must be 0 or more")
-    if args.sdpa_backend not in SDPA_BACKENDS:
-        raise ConfigError(f"SDPA_BACKEND={args.sdpa_backend!r} is not one of {', '.join(SDPA_BACKENDS)}")
-    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be positive")
+    plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in args.run_id)  # not a path
+    if not plain or args.run_id.startswith(".") or len(args.run_id) > 100:
+        raise ConfigError(f"RUN_ID={args.run_id!r} is not a plain file name: set RUN_ID to at most 100 letters, "
+                          f"digits, '.', '_' or '-', not starting with '.' (or unset it for a fresh one)")
+    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "train_seq_len",
+                 "embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr", "ttt_lr"):
+        require(args, name, getattr(args, name) > 0, "> 0", "a positive number")
+    require(args, "seed", 0 <= args.seed < 2**32, "between 0 and 2**32-1", "an integer in that range")
+    require(args, "iterations", args.iterations >= 0, "0 or more", "a step count")
+    require(args, "sdpa_backend", args.sdpa_backend in SDPA_BACKENDS, "one of " + "/".join(SDPA_BACKENDS), "either")
     recur_end = args.recur_start + args.recur_layers
     if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
                                                            and 0 <= args.recur_from_frac < 1):
         raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
-                          f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1)")
+                          f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1) "
+                          f"(or RECUR_LAYERS=0: no recurrence)")
     for name in ("parallel_layers", "xsa_layers"):
-        if not 0 <= getattr(args, name) <= args.num_layers:
-            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be in 0..NUM_LAYERS={args.num_layers}")
+        require(args, name, 0 <= getattr(args, name) <= args.num_layers, f"in 0..NUM_LAYERS={args.num_layers}",
+                "a number in that range (0: off)")
     if args.model_dim % args.num_heads or (args.model_dim // args.num_heads) % 2 or args.num_heads % args.num_kv_heads:
         raise ConfigError(f"MODEL_DIM={args.model_dim}, NUM_HEADS={args.num_heads}, NUM_KV_HEADS={args.num_kv_heads}: "
                           f"heads must split MODEL_DIM into even head sizes, and KV heads must divide heads")
-    if args.rope_dims % 2 or not 0 <= args.rope_dims <= args.model_dim // args.num_heads:
-        raise ConfigError(f"ROPE_DIMS={args.rope_dims} must be 0 (all) or an even number up to MODEL_DIM/NUM_HEADS")
+    require(args, "rope_dims", args.rope_dims % 2 == 0 and 0 <= args.rope_dims <= args.model_dim // args.num_heads,
+            "0 (all) or an even number up to MODEL_DIM/NUM_HEADS", "an even number such as 16 of 64")
     for name in ("warmdown_frac", "muon_momentum_warmup_frac", "ema_horizon_frac"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise ConfigError(f"{name.upper()}={getattr(args, name)} must be a fraction of the budget in [0, 1]")
-    if args.eval_stride < 0:
-        raise ConfigError(f"EVAL_STRIDE={args.eval_stride} must be 0 or more (0: no sliding windows)")
-    if args.ttt_epochs < 0 or args.ttt_lr < 0:
-        raise ConfigError(f"TTT_EPOCHS={args.ttt_epochs} and TTT_LR={args.ttt_lr} must be 0 or more (TTT_EPOCHS=0: off)")
+        require(args, name, 0 <= getattr(args, name) <= 1, "a fraction of the budget in [0, 1]", "a number in [0, 1]")
+    require(args, "eval_stride", args.eval_stride >= 0, "0 or more", "0 (no sliding windows) or a stride")
+    require(args, "ttt_epochs", args.ttt_epochs >= 0, "0 or more", "0 (no test-time training) or a count")
     per_chunk = world_size * args.train_seq_len  # every rank trains on as many whole sequences
-    if args.ttt_epochs and (args.ttt_chunk_tokens <= 0 or args.ttt_chunk_tokens % per_chunk):
-        raise ConfigError(f"TTT_CHUNK_TOKENS={args.ttt_chunk_tokens} must be a positive multiple of "
-                          f"WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk} (or TTT_EPOCHS=0: no test-time training)")
-    per_micro_step = world_size * grad_accum_steps * args.train_seq_len
-    if args.train_batch_tokens <= 0 or args.train_batch_tokens % per_micro_step:
-        raise ConfigError(
-            f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} does not split into whole sequences: it must be a "
-            f"positive multiple of WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = {world_size}*{grad_accum_steps}*"
-            f"{args.train_seq_len} = {per_micro_step}")
-    if args.val_batch_size < per_micro_step:
-        raise ConfigError(f"VAL_BATCH_SIZE={args.val_batch_size} gives each rank less than one sequence; "
-                          f"set it to at least {per_micro_step}")
+    chunks_split = args.ttt_chunk_tokens > 0 and args.ttt_chunk_tokens % per_chunk == 0
+    require(args, "ttt_chunk_tokens", chunks_split or not args.ttt_epochs,
+            f"a positive multiple of WORLD_SIZE*TRAIN_SEQ_LEN = {per_chunk}",
+            f"a multiple of {per_chunk}, or TTT_EPOCHS=0 (no test-time training)")
+    per_micro_step = world_size * grad_accum_steps * args.train_seq_len  # one sequence per rank and micro-step
+    require(args, "train_batch_tokens", args.train_batch_tokens > 0 and args.train_batch_tokens % per_micro_step == 0,
+            f"whole sequences: a multiple of WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = {world_size}*{grad_accum_steps}*"
+            f"{args.train_seq_len} = {per_micro_step}", "a positive multiple of that")
+    require(args, "val_batch_size", args.val_batch_size >= per_micro_step, "at least one sequence per rank",
+            f"{per_micro_step} or more")
     if args.eval_artifact:  # the artifact says how it was exported
         return
-    if not 5 <= args.quant_bits <= 8:
-        raise ConfigError(f"QUANT_BITS={args.quant_bits} must be in 5..8 (8: the seed's int8)")
-    if not args.quant_clip_sigmas > 0:
-        raise ConfigError(f"QUANT_CLIP_SIGMAS={args.quant_clip_sigmas} must be a positive number of std deviations")
-    if args.compressor not in COMPRESSORS:
-        raise ConfigError(f"COMPRESSOR={args.compressor!r} is not one of {', '.join(COMPRESSORS)}")
+    require(args, "quant_bits", 5 <= args.quant_bits <= 8, "in 5..8", "a number in that range (8: the seed's int8)")
+    require(args, "quant_clip_sigmas", args.quant_clip_sigmas > 0, "> 0", "a positive number of std deviations")
+    require(args, "compressor", args.compressor in COMPRESSORS, "one of " + "/".join(COMPRESSORS), "either")
     cap = args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else math.inf
     for bad, fix in ((args.quant_bits == 8, f"QUANT_BITS < 8 (not {args.quant_bits})"),
                      (args.gptq_calib_batches < 1, f"GPTQ_CALIB_BATCHES >= 1 (not {args.gptq_calib_batches})"),
@@ -1378,9 +1383,8 @@ def build_training(run: Run) -> tuple[GPT, nn.Module, list[torch.optim.Optimizer
 def sdp_backends_line(device: torch.device) -> str:
     if device.type != "cuda":
         return "sdp_backends:cpu"
-    b = torch.backends.cuda
-    return (f"sdp_backends:cudnn={b.cudnn_sdp_enabled()} flash={b.flash_sdp_enabled()} "
-            f"mem_efficient={b.mem_efficient_sdp_enabled()} math={b.math_sdp_enabled()}")
+    kernels = ("cudnn", "flash", "mem_efficient", "math")
+    return "sdp_backends:" + " ".join(f"{k}={getattr(torch.backends.cuda, f'{k}_sdp_enabled')()}" for k in kernels)
 
 
 def main() -> None:
@@ -1429,9 +1433,8 @@ def main() -> None:
         run.log(text, console=False)
     run.log(args.as_line())
     run.log(hardware)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed_generator in (random.seed, np.random.seed, torch.manual_seed):
+        seed_generator(args.seed)
 
     # ---- the metric --------------------------------------------------------------------------
     tables = build_byte_tables(sp, args.vocab_size).to(device)

@@ -4,9 +4,7 @@ Nothing here reads ../shared: a fresh clone makes everything it tests."""
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -17,51 +15,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "data"))
+from tiny import make_documents, write_jsonl  # noqa: E402  (data/tiny.py's documents)
 
 VOCAB_SIZE = 512
 VAL_DOCS = 40
 SHARD_TOKENS = 20_000
 
-# Text the tests' tokenizer must cope with: digits, byte-fallback characters (emoji, CJK),
-# accents, punctuation, runs of spaces, leading spaces and line breaks.
-SPECIAL_WORDS = ["😀", "数据集", "naïve", "café", "Ωmega", "—", "“quoted”", "3.14159", "x²", "🚀🚀"]
-
-
-def make_documents(n: int, seed: int) -> list[str]:
-    """Documents from a word-level Markov chain over invented words: a model can learn it, so a
-    short training run must lower the loss."""
-    rng = random.Random(seed)
-    syllables = ["ka", "to", "ri", "men", "sa", "lo", "pe", "dun", "vi", "ra", "no", "tel", "mu", "shi", "ba"]
-    vocab = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(1500)})
-    successors = {w: rng.sample(vocab, 4) for w in vocab}
-    docs = []
-    for _ in range(n):
-        word, sentences = rng.choice(vocab), []
-        for _ in range(rng.randint(2, 6)):
-            words = []
-            for _ in range(rng.randint(4, 12)):
-                word = rng.choice(successors[word]) if rng.random() < 0.9 else rng.choice(vocab)
-                words.append(word)
-            if rng.random() < 0.3:
-                words.insert(rng.randrange(len(words)), str(rng.randint(0, 99999)))
-            if rng.random() < 0.15:
-                words.append(rng.choice(SPECIAL_WORDS))
-            sentences.append(" ".join(words).capitalize() + rng.choice([".", "!", "?", ",", ";  "]))
-        text = (" " if rng.random() < 0.2 else "") + " ".join(sentences)
-        docs.append(text + ("\n\nP.S. " + rng.choice(vocab) if rng.random() < 0.2 else ""))
-    return docs
-
-
 def readme_block(name: str) -> str:
-    """The command of README.md's bash block marked `<!-- name -->`, continuation lines joined."""
+    """The command of README.md's bash block marked `<!-- name -->`, its lines joined, spaces single."""
     readme = (ROOT / "README.md").read_text()
     block = readme.split(f"<!-- {name} -->\n```bash\n", 1)[1].split("```", 1)[0]
-    return block.replace("\\\n", " ").strip()
-
-
-def write_jsonl(path: Path, docs: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
-    return path
+    return " ".join(block.replace("\\\n", " ").split())
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import http.server
 import json
 import lzma
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ import build
 import shards
 import train_gpt
 import verify
-from conftest import ROOT, SHARD_TOKENS, VAL_DOCS, make_documents, run_train, tiny_env, write_jsonl
+from conftest import ROOT, SHARD_TOKENS, VAL_DOCS, run_train, tiny_env
+from tiny import make_documents, write_jsonl
 
 
 # ---- the format -------------------------------------------------------------------------------
@@ -374,6 +376,42 @@ def test_verify_reports_each_problem(dataset, tmp_path, damage, message):
     run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(folder), "--vocab-size", "512",
                           "--val-docs", str(val_docs)], capture_output=True, text=True)
     assert run.returncode == 1 and "FAILED" in run.stdout
+
+
+def test_verify_without_a_vocabulary_size_still_checks_every_shard(dataset, tmp_path):
+    folder = copy_dataset(dataset, tmp_path)
+    (folder / "manifest.json").unlink()
+    headerless, truncated = folder / "fineweb_train_000001.bin", folder / "fineweb_train_000002.bin"
+    headerless.write_bytes(b"\0" * 8 + headerless.read_bytes()[8:])
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    problems, summaries = verify.verify(folder, None, None)
+    assert [p for p in problems if str(headerless) in p] == [f"{headerless}: bad header (want magic 20240520, "
+                                                             f"version 1)"]
+    assert [p for p in problems if str(truncated) in p][0].startswith(f"{truncated}: ")
+    assert problems[-1] == f"token ids not checked: pass --tokenizer or --vocab-size ({folder} has no " \
+                           f"manifest.json)"
+    assert len(problems) == 3 and summaries["val"]["bos"] == VAL_DOCS
+    run = subprocess.run([sys.executable, str(ROOT / "data" / "verify.py"), str(folder)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stdout.count("PROBLEM: ") == 3 and "FAILED, 3 problem(s)" in run.stdout
+
+
+def test_tiny_dataset_trains_with_the_command_it_prints(tmp_path):
+    out, prefix = tmp_path / "tiny_sp512", tmp_path / "tokenizers" / "tiny_512"
+    made = subprocess.run([sys.executable, str(ROOT / "data" / "tiny.py"), "--out", str(out), "--tokenizer",
+                           str(prefix), "--docs", "600", "--val-docs", "40"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert not verify.verify(out, None, None, Path(f"{prefix}.model"))[0]
+    *assignments, python, script = shlex.split(made.stdout.splitlines()[-1])
+    assert python == "python3" and (tmp_path / script).resolve() == ROOT / "train_gpt.py"
+    env = dict(a.split("=", 1) for a in assignments)
+    assert (env["DATA_PATH"], env["TOKENIZER_PATH"], env["VOCAB_SIZE"]) == (str(out), f"{prefix}.model", "512")
+    run = run_train(tmp_path, env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    bpb = [float(x) for x in re.findall(r"^step:\d+/\d+ val_loss:[\d.]+ val_bpb:([\d.]+) ", run.stdout, re.M)]
+    assert len(bpb) == 2 and bpb[1] < 0.7 * bpb[0], "the loss falls"
+    assert re.search(r"^final_int7_lzma_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", run.stdout, re.M)
 
 
 # ---- downloading ------------------------------------------------------------------------------

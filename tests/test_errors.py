@@ -3,8 +3,11 @@ work, and never a traceback."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,42 +101,58 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(TRAIN_BATCH_TOKENS="1000"), "TRAIN_BATCH_TOKENS=1000 does not split into whole sequences"),
-    (dict(VAL_BATCH_SIZE="256"), "VAL_BATCH_SIZE=256 gives each rank less than one sequence"),
+    (dict(TRAIN_BATCH_TOKENS="1000"), "TRAIN_BATCH_TOKENS=1000 must be whole sequences: a multiple of "
+                                      "WORLD_SIZE*grad_accum*TRAIN_SEQ_LEN = 1*8*64 = 512: set TRAIN_BATCH_TOKENS to"),
+    (dict(VAL_BATCH_SIZE="256"), "VAL_BATCH_SIZE=256 must be at least one sequence per rank: set VAL_BATCH_SIZE to "
+                                 "512 or more (default 524288)"),
     (dict(SEED="x"), "SEED='x' is not an integer"),
     (dict(TRAIN_SEQ_LEN="8192", TRAIN_BATCH_TOKENS="65536", VAL_BATCH_SIZE="65536"), "fewer than one sequence"),
     (dict(WORLD_SIZE="3", RANK="0"), "WORLD_SIZE=3 must divide 8"),
     (dict(WORLD_SIZE="2"), "WORLD_SIZE is set but RANK is not"),
     (dict(RANK="one", WORLD_SIZE="2"), "RANK='one' is not an integer"),
     (dict(RANK="2", WORLD_SIZE="2"), "RANK=2 and LOCAL_RANK=0 must lie in [0, WORLD_SIZE=2)"),
-    (dict(SEED="-1"), "SEED=-1 must be between 0 and 2**32-1"),
-    (dict(ITERATIONS="-1"), "ITERATIONS=-1 must be 0 or more"),
+    (dict(SEED="-1"), "SEED=-1 must be between 0 and 2**32-1: set SEED to an integer in that range (default 1337)"),
+    (dict(ITERATIONS="-1"), "ITERATIONS=-1 must be 0 or more: set ITERATIONS to a step count (default 20000)"),
     (dict(NUM_HEADS="5"), "heads must split MODEL_DIM into even head sizes"),
-    (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be positive"),
-    (dict(PARALLEL_LAYERS="9"), "PARALLEL_LAYERS=9 must be in 0..NUM_LAYERS="),
-    (dict(XSA_LAYERS="3"), "XSA_LAYERS=3 must be in 0..NUM_LAYERS=2"),
-    (dict(ROPE_DIMS="7"), "ROPE_DIMS=7 must be 0 (all) or an even number up to MODEL_DIM/NUM_HEADS"),
-    (dict(EMA_HORIZON_FRAC="1.5"), "EMA_HORIZON_FRAC=1.5 must be a fraction of the budget in [0, 1]"),
+    (dict(NUM_KV_HEADS="0"), "NUM_KV_HEADS=0 must be > 0: set NUM_KV_HEADS to a positive number (default 4)"),
+    (dict(PARALLEL_LAYERS="9"), "PARALLEL_LAYERS=9 must be in 0..NUM_LAYERS=2: set PARALLEL_LAYERS to"),
+    (dict(WARMDOWN_FRAC="2"), "WARMDOWN_FRAC=2.0 must be a fraction of the budget in [0, 1]: set WARMDOWN_FRAC to"),
+    (dict(XSA_LAYERS="3"), "XSA_LAYERS=3 must be in 0..NUM_LAYERS=2: set XSA_LAYERS to"),
+    (dict(ROPE_DIMS="7"), "ROPE_DIMS=7 must be 0 (all) or an even number up to MODEL_DIM/NUM_HEADS: set ROPE_DIMS to"),
+    (dict(EMA_HORIZON_FRAC="1.5"), "EMA_HORIZON_FRAC=1.5 must be a fraction of the budget in [0, 1]: set"),
     (dict(RECUR_LAYERS="2", RECUR_START="1"), "RECUR_LAYERS=2 from RECUR_START=1 must lie within NUM_LAYERS=2"),
-    (dict(RECUR_LAYERS="1", RECUR_FROM_FRAC="1"), "RECUR_FROM_FRAC=1.0 in [0, 1)"),
-    (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND='flex' is not one of flash, cudnn"),
-    (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more (0: no sliding windows)"),
-    (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 and TTT_LR=0.005 must be 0 or more"),
-    (dict(TTT_LR="-0.1"), "TTT_EPOCHS=0 and TTT_LR=-0.1 must be 0 or more"),
+    (dict(RECUR_LAYERS="1", RECUR_FROM_FRAC="1"), "RECUR_FROM_FRAC=1.0 in [0, 1) (or RECUR_LAYERS=0"),
+    (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND=flex must be one of flash/cudnn: set SDPA_BACKEND to either "
+                                "(default cudnn)"),
+    (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more: set EVAL_STRIDE to 0 (no sliding windows) or"),
+    (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 must be 0 or more: set TTT_EPOCHS to 0 (no test-time training) or"),
     (dict(TTT_EPOCHS="3", TTT_CHUNK_TOKENS="0"), "TTT_CHUNK_TOKENS=0 must be a positive multiple of"),
     (dict(TTT_EPOCHS="3", TTT_CHUNK_TOKENS="100"), "TTT_CHUNK_TOKENS=100 must be a positive multiple of WORLD_SIZE*"
-                                                   "TRAIN_SEQ_LEN = 64 (or TTT_EPOCHS=0: no test-time training)"),
+                                                   "TRAIN_SEQ_LEN = 64: set TTT_CHUNK_TOKENS to a multiple of 64, or "
+                                                   "TTT_EPOCHS=0 (no test-time training)"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
-    (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8"),
-    (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be a positive number"),
-    (dict(COMPRESSOR="zstd"), "COMPRESSOR='zstd' is not one of zlib, lzma"),
+    (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8: set QUANT_BITS to"),
+    (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be > 0: set QUANT_CLIP_SIGMAS to a positive number "
+                                  "of std deviations (default 6.0)"),
+    (dict(COMPRESSOR="zstd"), "COMPRESSOR=zstd must be one of zlib/lzma: set COMPRESSOR to either "
+                              "(default lzma)"),
     (dict(QUANT_GPTQ="1"), "QUANT_GPTQ=1 needs QUANT_BITS < 8"),
     (dict(QUANT_GPTQ="1", QUANT_BITS="6", GPTQ_DAMP="0"), "GPTQ_DAMP > 0"),
     (dict(QUANT_GPTQ="1", QUANT_BITS="6", MAX_WALLCLOCK_SECONDS="5", GPTQ_RESERVE_SECONDS="5"),
      "0 <= GPTQ_RESERVE_SECONDS < MAX_WALLCLOCK_SECONDS"),
 ])
 def test_bad_settings(monkeypatch, tmp_path, dataset, tokenizer_path, overrides, message):
-    assert message in config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, **overrides))
+    assert message in msg
+    assert " must be " not in msg or re.search(r"[:;] set [A-Z_]+ to ", msg), "a rule's error names the fix"
+
+
+@pytest.mark.parametrize("name, default", [("EMBED_LR", 0.6), ("HEAD_LR", 0.008), ("TIED_EMBED_LR", 0.03),
+                                           ("MATRIX_LR", 0.02), ("SCALAR_LR", 0.02), ("TTT_LR", 0.005)])
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_learning_rates_must_be_positive(monkeypatch, tmp_path, dataset, tokenizer_path, name, default, value):
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, ITERATIONS="1", **{name: value}))
+    assert msg == f"{name}={float(value)} must be > 0: set {name} to a positive number (default {default})"
 
 
 @pytest.mark.parametrize("content", [b"not zlib at all", __import__("zlib").compress(b"not a torch file"),
@@ -148,6 +167,33 @@ def test_unwritable_log_folder(monkeypatch, tmp_path, dataset, tokenizer_path):
     (tmp_path / "logs").write_text("a file where the folder should be")
     msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path))
     assert msg.startswith("cannot create logs/") and "writable folder" in msg
+
+
+@pytest.mark.parametrize("how", ["a file", "read-only", "no writes even by root"])
+def test_unwritable_artifacts_folder(monkeypatch, tmp_path, dataset, tokenizer_path, how):
+    artifacts = tmp_path / "artifacts"
+    if how == "a file":
+        artifacts.write_text("a file where the folder should be")
+    elif how == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores a folder's mode bits; the next case stands in for it")
+        artifacts.mkdir(mode=0o555)
+    else:
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs Linux's /sys, where nobody may create files")
+        artifacts.symlink_to("/sys/kernel")
+    msg = config_error(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="r", ITERATIONS="2"))
+    assert msg.startswith("cannot ") and "artifacts/" in msg and "writable" in msg
+    assert not (tmp_path / "logs" / "r.txt").exists(), "a refused run leaves no log to claim its RUN_ID"
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "{tmp}/elsewhere/run", "a/b", ".hidden", "a b", "x" * 101])
+def test_run_id_must_be_a_plain_name(monkeypatch, tmp_path, dataset, tokenizer_path, run_id):
+    run_id = run_id.format(tmp=tmp_path)
+    env = tiny_env(dataset, tokenizer_path, RUN_ID=run_id, ITERATIONS="1")
+    msg = config_error(monkeypatch, tmp_path, env)
+    assert msg.startswith(f"RUN_ID={run_id!r} is not a plain file name: ") and "set RUN_ID to" in msg
+    assert [p.name for p in tmp_path.iterdir()] == [], "a refused run writes nothing"
 
 
 def test_reused_run_id(monkeypatch, tmp_path, dataset, tokenizer_path):

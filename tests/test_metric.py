@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt
-from conftest import SPECIAL_WORDS, VOCAB_SIZE, make_documents
+from conftest import VOCAB_SIZE
+from tiny import SPECIAL_WORDS, make_documents
 
 HARD_TEXTS = [
     "Plain words, then digits 1234567890 and 3.14159!",

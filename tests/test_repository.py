@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from conftest import ROOT, readme_block
 
@@ -31,3 +32,12 @@ def test_record_script_stays_small_and_self_contained():
     imports = set(re.findall(r"^(?:from|import) (\w+)", source, re.M))
     assert imports <= {"__future__", "copy", "io", "lzma", "math", "os", "random", "subprocess", "sys", "time",
                        "uuid", "zlib", "dataclasses", "pathlib", "numpy", "sentencepiece", "torch"}, imports
+
+
+def test_readme_tiny_example_is_the_command_that_data_tiny_prints(monkeypatch):
+    """tests/test_data_tools.py runs the printed command end to end; the README must show that one."""
+    import tiny
+    monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
+    printed = tiny.train_command(Path("data/datasets/tiny_sp512"), Path("data/tokenizers/tiny_512.model"))
+    assert readme_block("tiny-cpu-example") == f"python3 data/tiny.py && {printed}"
+    assert "TTT_EPOCHS=0" in printed and "..." not in printed

@@ -115,7 +115,7 @@ def test_benchmark_runs_the_training_step_on_synthetic_tokens(tmp_path):
                      r"step_min:[\d.]+ms step_max:[\d.]+ms steps:2 .* world_size:1 hardware:cpu", run.stdout, re.M)
     assert line, run.stdout
     step_ms, tokens_per_s = float(line[1]), int(line[2])
-    assert abs(tokens_per_s - 1024 / (step_ms / 1000)) <= 1
+    assert tokens_per_s == pytest.approx(1024 / (step_ms / 1000), rel=1e-3)  # step_avg is rounded to 0.01 ms
     assert not (tmp_path / "logs").exists(), "the benchmark writes no run files"
 
 
@@ -258,6 +258,46 @@ def test_plot_writes_a_png(first_run, tmp_path):
     out = tmp_path / "curves.png"
     assert records.main(["plot", "--out", str(out), str(cwd / "logs" / "first.txt")]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+NOT_LOGS = [ROOT / "results" / "p180_v6" / name for name in ("console.txt", "build_sp8192.txt")]  # beside the logs
+
+
+def test_many_log_commands_skip_files_that_are_not_logs(tmp_path, capsys):
+    write_log(tmp_path / "done.txt", 1, 2.0, 1.19)
+    write_log(tmp_path / "crashed.txt", 2, 2.0, 1.19, finished=False)
+    (tmp_path / "early.txt").write_text("hyperparameters: data_path=x run_id=early seed=3\n")  # died before the model
+    logs = [tmp_path / "done.txt", *NOT_LOGS, tmp_path / "crashed.txt", tmp_path / "early.txt"]
+    assert records.main(["summarize", *map(str, logs)]) == 0
+    out, err = capsys.readouterr()
+    rows = [line.split(" | ")[:2] for line in out.splitlines()[2:]]
+    assert rows == [["| done", "complete"], ["| crashed", "truncated"], ["| early", "truncated"]]
+    assert err == f"skipped 2 files that are not train_gpt.py logs: {NOT_LOGS[0]}, {NOT_LOGS[1]}\n"
+    for command in (["ttest", "--record-bpb", "1.2"], ["submission", "--author", "A", "--github-id", "a", "--name",
+                                                       "N", "--blurb", "B"]):
+        with pytest.raises(SystemExit, match=rf"^error: {NOT_LOGS[0]} is not a train_gpt.py log .*; give "):
+            records.main([*command, str(tmp_path / "done.txt"), str(NOT_LOGS[0])])
+    with pytest.raises(SystemExit, match="^error: none of the files is a train_gpt.py log"):
+        records.main(["summarize", *map(str, NOT_LOGS)])
+
+
+def test_plot_draws_each_run_in_one_colour(tmp_path, monkeypatch, capsys):
+    figure = pytest.importorskip("matplotlib.figure", reason="plot needs matplotlib")
+    figures = []
+    monkeypatch.setattr(figure.Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
+    write_log(tmp_path / "a.txt", 1, 2.0, 1.19)
+    (tmp_path / "a.txt").write_text("".join(line for line in (tmp_path / "a.txt").read_text().splitlines(True)
+                                            if "val_bpb:" not in line or line.startswith("final")))  # no val points
+    write_log(tmp_path / "b.txt", 2, 2.0, 1.18)
+    assert records.main(["plot", "--out", str(tmp_path / "x.png"), str(tmp_path / "a.txt"), str(NOT_LOGS[0]),
+                         str(tmp_path / "b.txt")]) == 0
+    colours = {}
+    for ax in figures[0].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert sorted(colours) == ["a (seed 1)", "b (seed 2)"]
+    assert all(len(c) == 1 for c in colours.values()) and colours["a (seed 1)"] != colours["b (seed 2)"], colours
+    assert "console.txt" in capsys.readouterr().err
 
 
 def test_ttest_counts_each_run_once_and_needs_a_strict_excess(tmp_path, capsys):

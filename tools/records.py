@@ -10,7 +10,8 @@ submission.json, loss plots and the artifact-size check.
     python3 tools/records.py predict-size --factor 5.47 p60.txt p180.txt p600.txt
 
 Reads the log lines of train_gpt.py (and of the published record script, which has the same
-shapes). Standard library only, except `plot`, which needs matplotlib.
+shapes); summarize and plot skip other files given with them (a queue's console.txt, build logs).
+Standard library only, except `plot`, which needs matplotlib.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RunSummary:
     path: str
     run_id: str
     state: str = "truncated"  # complete | eval-only | truncated (no score line: crashed, killed or running)
+    is_log: bool = False  # has a header line of train_gpt.py (and the record script): else a console or build log
     seed: int | None = None
     world_size: int | None = None
     hardware: str | None = None
@@ -100,6 +102,7 @@ def parse_log(path: Path) -> RunSummary:
 
 def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
     g = m.groups()
+    s.is_log = s.is_log or name in ("hyper", "world")
     if name == "hyper":
         knobs = dict(item.split("=", 1) for item in g[0].split() if "=" in item)
         s.run_id = knobs.get("run_id") or s.run_id
@@ -212,8 +215,20 @@ def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def run_logs(paths: list[Path]) -> list[RunSummary]:
+    """The runs of the logs among paths; other files that live beside logs (a queue's console.txt,
+    build logs) are skipped, with one line on stderr."""
+    runs = [parse_log(p) for p in paths]
+    others = [r.path for r in runs if not r.is_log]
+    if len(others) == len(runs):
+        raise SystemExit("error: none of the files is a train_gpt.py log (no world_size: or hyperparameters: line)")
+    if others:
+        print(f"skipped {len(others)} files that are not train_gpt.py logs: {', '.join(others)}", file=sys.stderr)
+    return [r for r in runs if r.is_log]
+
+
 def cmd_summarize(args) -> int:
-    runs = [parse_log(p) for p in args.logs]
+    runs = run_logs(args.logs)
     header = ["run_id", "state", "seed", "world", "hardware", "steps", "step_avg_ms", "val_loss", "val_bpb",
               "rt_val_loss", "rt_val_bpb", "final_eval_s", "artifact_bytes", "peak_MiB"]
     rows = [[r.run_id, r.state, fmt(r.seed), fmt(r.world_size), fmt(r.hardware),
@@ -230,6 +245,10 @@ def cmd_summarize(args) -> int:
 
 def complete_runs(paths: list[Path]) -> list[RunSummary]:
     runs = [parse_log(p) for p in paths]
+    for r in runs:
+        if not r.is_log:
+            raise SystemExit(f"error: {r.path} is not a train_gpt.py log (no world_size: or hyperparameters: line); "
+                             f"give the runs' logs/<RUN_ID>.txt")
     bad = [f"{r.path} ({r.state})" for r in runs if r.roundtrip_val_bpb is None]
     if bad:
         raise SystemExit(f"error: no final score in {', '.join(bad)}; only finished runs count")
@@ -314,15 +333,16 @@ def cmd_plot(args) -> int:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("error: plotting needs matplotlib (pip install matplotlib)") from None
-    runs = [parse_log(p) for p in args.logs]
+    runs = run_logs(args.logs)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for r in runs:
-        label = f"{r.run_id} (seed {fmt(r.seed)})"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(runs):  # one colour per run in all four panels, whichever curves it has
+        style = dict(label=f"{r.run_id} (seed {fmt(r.seed)})", color=colours[i % len(colours)])
         for col, x_of in enumerate((lambda p: p[0], lambda p: p[1] / 1000)):
             if r.train_curve:
-                axes[0][col].plot([x_of(p) for p in r.train_curve], [p[2] for p in r.train_curve], label=label)
+                axes[0][col].plot([x_of(p) for p in r.train_curve], [p[2] for p in r.train_curve], **style)
             if r.val_curve:
-                axes[1][col].plot([x_of(p) for p in r.val_curve], [p[2] for p in r.val_curve], "o-", label=label)
+                axes[1][col].plot([x_of(p) for p in r.val_curve], [p[2] for p in r.val_curve], "o-", **style)
     for row, what in enumerate(("train_loss (nats)", "val_bpb")):
         for col, x_label in enumerate(("step", "training time (s)")):
             axes[row][col].set(xlabel=x_label, ylabel=what)
@@ -337,7 +357,8 @@ def cmd_plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summarize", help="one table row per log; unfinished logs are listed with their state")
+    s = sub.add_parser("summarize", help="one table row per log; unfinished logs are listed with their state, "
+                                         "files that are not logs skipped")
     s.add_argument("logs", nargs="+", type=Path)
     s.set_defaults(func=cmd_summarize)
     s = sub.add_parser("ttest", help="one-sided t-test: do the runs beat the record by at least 0.005 nats?")
