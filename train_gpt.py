@@ -56,15 +56,10 @@ def first_line(e: Exception) -> str:
 # -----------------------------------------------------------------------------
 
 def parse_env_value(var: str, raw: str, kind: type) -> object:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
     try:
-        if kind is bool:
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return kind(raw)
-    except ValueError:
+        return words[raw.strip().lower()] if kind is bool else kind(raw)
+    except (KeyError, ValueError):
         expected = {bool: "0 or 1", int: "an integer", float: "a number", str: "a string"}[kind]
         raise ConfigError(f"{var}={raw!r} is not {expected}; set {var} to {expected}") from None
 
@@ -232,8 +227,7 @@ class TokenStream:
     """The train shards in sorted order, read front to back and wrapped around forever."""
 
     def __init__(self, files: list[Path], vocab_size: int):
-        self.files, self.vocab_size = files, vocab_size
-        self.file_index = -1
+        self.files, self.vocab_size, self.file_index = files, vocab_size, -1
         self._next_file()
 
     def _next_file(self) -> None:
@@ -270,8 +264,7 @@ class DistributedTokenLoader:
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span: (self.rank + 1) * span].astype(np.int64))
-        x = local[:-1].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
-        y = local[1:].reshape(-1, seq_len)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -556,9 +549,7 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         for group in self.param_groups:
             params, momentum = group["params"], group["momentum"]
-            offsets = [0]
-            for p in params:
-                offsets.append(offsets[-1] + p.numel())
+            offsets = np.cumsum([0] + [p.numel() for p in params]).tolist()
             updates = torch.zeros(offsets[-1], device=params[0].device, dtype=torch.bfloat16)
             by_shape: dict[torch.Size, list[tuple[int, Tensor]]] = {}
             for i, p in enumerate(params):
@@ -621,7 +612,7 @@ def budget_used(step: int, elapsed_ms: float, iterations: int, max_wallclock_ms:
 
 
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
-                  max_wallclock_ms: float | None, warmdown_frac: float = 0.0) -> float:
+                  max_wallclock_ms: float | None, warmdown_frac: float) -> float:
     """1 until the warmdown, then linear to 0 at the end of the budget. The warmdown is the last
     warmdown_frac of the budget if that is set; otherwise the last warmdown_iters steps, which
     under a wallclock cap means warmdown_iters times the average step time so far."""
@@ -637,16 +628,14 @@ def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters:
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
 
-def warmup_done(step: int, warmup_steps: int, budget_fraction: float = 0.0, warmup_frac: float = 0.0) -> float:
-    """How far a warmup has come, from 0 to 1: over its first warmup_frac of the budget if that
-    is set, else over warmup_steps steps."""
-    if warmup_frac > 0:
-        return min(budget_fraction / warmup_frac, 1.0)
-    return min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
-
-
-def muon_momentum_at(done: float, start: float, end: float) -> float:
-    return (1 - done) * start + done * end
+def muon_momentum(step: int, budget_fraction: float, args: Hyperparameters) -> float:
+    """Rises linearly from MUON_MOMENTUM_WARMUP_START to MUON_MOMENTUM over the first MUON_MOMENTUM_WARMUP_FRAC of
+    the budget if that is set, else over MUON_MOMENTUM_WARMUP_STEPS steps."""
+    if args.muon_momentum_warmup_frac > 0:
+        done = min(budget_fraction / args.muon_momentum_warmup_frac, 1.0)
+    else:
+        done = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps > 0 else 1.0
+    return (1 - done) * args.muon_momentum_warmup_start + done * args.muon_momentum
 
 
 # -----------------------------------------------------------------------------
@@ -694,7 +683,7 @@ def intn_grid(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, int]:
     return scale.masked_fill(scale == 0, 1.0), levels  # an all-zero row: any scale, every q is 0
 
 
-def quantize_rows_sd(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
+def quantize_rows_nearest(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
     scale, levels = intn_grid(t, bits, clip_sigmas)
     # Rounded against the stored fp16 scale, so the rebuilt row is within half a step of the clipped
     # one; the clamp to the outer level is the clip.
@@ -728,8 +717,8 @@ def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float
     return q[:, order.argsort()].to(torch.int8), scale
 
 
-def quantize_state_dict(state: dict[str, Tensor], bits: int = 8, clip_sigmas: float = Hyperparameters.quant_clip_sigmas,
-                        hessians: dict | None = None, damp: float = Hyperparameters.gptq_damp) -> tuple[dict, dict]:
+def quantize_state_dict(state: dict[str, Tensor], bits: int, clip_sigmas: float, hessians: dict | None,
+                        damp: float) -> tuple[dict, dict]:
     """intN matrices that have a Hessian (by name) are rounded by GPTQ."""
     obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
                qmeta={}, passthrough_orig_dtypes={})
@@ -750,7 +739,7 @@ def quantize_state_dict(state: dict[str, Tensor], bits: int = 8, clip_sigmas: fl
             continue
         if bits < 8 and t.ndim == 2 and name not in KEEP_INT8:
             hessian = (hessians or {}).get(name)
-            q, scale = quantize_rows_sd(t, bits, clip_sigmas) if hessian is None else (  # on H's device: the GPU
+            q, scale = quantize_rows_nearest(t, bits, clip_sigmas) if hessian is None else (  # on H's device: the GPU
                 x.cpu() for x in quantize_rows_gptq(t.to(hessian.device), hessian, bits, clip_sigmas, damp))
             obj["qmeta"][name] = dict(scheme="per_row", axis=0, bits=bits)
         else:
@@ -803,7 +792,7 @@ def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperpara
     return hessians
 
 
-def serialize_artifact(obj: dict, compressor: str = "zlib") -> tuple[bytes, int]:
+def serialize_artifact(obj: dict, compressor: str) -> tuple[bytes, int]:
     """Returns (compressed bytes, length of the torch.save stream before compression)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -853,6 +842,15 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 # targets, all scored by then (a target's window starts no later than it).
 # -----------------------------------------------------------------------------
 
+@dataclass
+class Validation:
+    """What scoring needs besides the model: the split, the metric's tables, TRAIN_SEQ_LEN, windows per batch."""
+    tokens: np.ndarray
+    tables: ByteTables
+    seq_len: int
+    batch_seqs: int
+
+
 def sliding_stride(stride: int, seq_len: int) -> int:
     """The stride windows really slide by: 0 (no overlap) unless 0 < stride < seq_len."""
     return stride if 0 < stride < seq_len else 0
@@ -885,73 +883,67 @@ class ScoreFirstTTT:
         self.chunks = chunk_of[-1] + 1
         return np.searchsorted(chunk_of, np.arange(self.chunks + 1)).tolist()
 
-    def train_on(self, model: nn.Module, val_tokens: np.ndarray, chunk: int, seq_len: int, rank: int,
-                 world_size: int, device: torch.device) -> None:
+    def train_on(self, run: Run, model: nn.Module, val: Validation, chunk: int) -> None:
         """EPOCHS steps on the chunk, each rank on an equal share of its sequences (DDP averages the
         gradients), at a learning rate decaying over the chunks as a cosine."""
-        n = self.chunk_tokens // world_size  # this rank's targets
-        first = chunk * self.chunk_tokens + rank * n
-        span = torch.from_numpy(val_tokens[first: first + n + 1].astype(np.int64)).to(device)
+        n = self.chunk_tokens // run.world_size  # this rank's targets
+        first = chunk * self.chunk_tokens + run.rank * n
+        span = torch.from_numpy(val.tokens[first: first + n + 1].astype(np.int64)).to(run.device)
         self.optimizer.param_groups[0]["lr"] = self.lr * (1 + math.cos(math.pi * chunk / (self.chunks - 1))) / 2
         for _ in range(self.epochs):
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                loss = model(span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len))
+            with run.autocast():
+                loss = model(span[:-1].view(-1, val.seq_len), span[1:].view(-1, val.seq_len))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
             self.optimizer.step()
             model.zero_grad(set_to_none=True)  # the parameters it does not train too
-        self.train_seqs += self.chunk_tokens // seq_len
+        self.train_seqs += self.chunk_tokens // val.seq_len
 
 
-def score_windows(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
-                  device: torch.device, ends: list[int], indices: range) -> Tensor:
-    """Returns float64 [loss_sum_nats, tokens, bytes] over the windows numbered in `indices`."""
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+def score_windows(run: Run, model: nn.Module, val: Validation, windows: list[tuple[int, int]]) -> Tensor:
+    """Returns float64 [loss_sum_nats, tokens, bytes] over the windows, each given as (its end, the
+    first target it scores)."""
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     model.eval()
     with torch.inference_mode():
-        for b in range(indices.start, indices.stop, batch_seqs):
-            batch = list(range(b, min(b + batch_seqs, indices.stop)))
-            # A short last batch is filled up with copies of its first window, scored nowhere: every
+        for b in range(0, len(windows), val.batch_seqs):
+            batch = windows[b: b + val.batch_seqs]
+            # A short last batch is filled up with copies of its first window that score nothing: every
             # batch has one shape, so the compiled model needs one graph for all of validation.
-            rows = batch + [batch[0]] * (batch_seqs - len(batch))
-            windows = np.stack([val_tokens[ends[k] - seq_len: ends[k] + 1] for k in rows])  # (B, seq_len + 1)
-            chunk = torch.from_numpy(windows.astype(np.int64)).to(device)
+            batch += [(batch[0][0], batch[0][0])] * (val.batch_seqs - len(batch))  # (end, end): no target
+            rows = np.stack([val.tokens[end - val.seq_len: end + 1] for end, _ in batch])  # (B, seq_len + 1)
+            chunk = torch.from_numpy(rows.astype(np.int64)).to(run.device)
             x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-            # Offset of the first target each window scores: 0 unless an earlier window scored it.
-            skip = [first_target(ends, k, seq_len) - (ends[k] - seq_len) for k in batch]
-            skip += [seq_len] * (len(rows) - len(batch))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            skip = torch.tensor([first - (end - val.seq_len) for end, first in batch], device=run.device)
+            with run.autocast():
                 losses = model(x, y, reduction="none").detach()
-            scored = torch.arange(seq_len, device=device)[None, :] >= torch.tensor(skip, device=device)[:, None]
+            scored = torch.arange(val.seq_len, device=run.device)[None, :] >= skip[:, None]
             sums += torch.stack([(losses.double() * scored).sum(), scored.sum().double(),
-                                 (tables.count(x, y).double() * scored).sum()])
+                                 (val.tables.count(x, y).double() * scored).sum()])
     model.train()
     return sums
 
 
-def validation_sums(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
-                    rank: int, world_size: int, device: torch.device, stride: int = 0,
-                    ttt: ScoreFirstTTT | None = None) -> Tensor:
+def validation_sums(run: Run, model: nn.Module, val: Validation, stride: int, ttt: ScoreFirstTTT | None) -> Tensor:
     """Returns float64 [loss_sum_nats, tokens, bytes] over this rank's share of the windows (with
     ttt: of each chunk's; the model trains on every chunk but the last once it is scored)."""
-    ends = window_ends(val_tokens.size - 1, seq_len, stride)
-    bounds = ttt.chunk_bounds(ends, seq_len) if ttt else [0, len(ends)]
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    ends = window_ends(val.tokens.size - 1, val.seq_len, stride)
+    bounds = ttt.chunk_bounds(ends, val.seq_len) if ttt else [0, len(ends)]
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     for c in range(len(bounds) - 1):
         first, n = bounds[c], bounds[c + 1] - bounds[c]
-        mine = range(first + n * rank // world_size, first + n * (rank + 1) // world_size)
-        sums += score_windows(model, val_tokens, tables, seq_len, batch_seqs, device, ends, mine)
+        mine = range(first + n * run.rank // run.world_size, first + n * (run.rank + 1) // run.world_size)
+        sums += score_windows(run, model, val, [(ends[k], first_target(ends, k, val.seq_len)) for k in mine])
         if c < len(bounds) - 2:
-            ttt.train_on(model, val_tokens, c, seq_len, rank, world_size, device)
+            ttt.train_on(run, model, val, c)
     return sums
 
 
-def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_seqs: int,
-             rank: int, world_size: int, device: torch.device, stride: int = 0,
+def eval_val(run: Run, model: nn.Module, val: Validation, stride: int,
              ttt: ScoreFirstTTT | None = None) -> tuple[float, float]:
     """Returns (val_loss in nats per token, val_bpb) over the whole validation split."""
-    sums = validation_sums(model, val_tokens, tables, seq_len, batch_seqs, rank, world_size, device, stride, ttt)
-    if world_size > 1:
+    sums = validation_sums(run, model, val, stride, ttt)
+    if run.world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     loss_sum, tokens, n_bytes = sums.tolist()
     val_loss = loss_sum / tokens
@@ -959,25 +951,13 @@ def eval_val(model: nn.Module, val_tokens: np.ndarray, tables: ByteTables, seq_l
 
 
 # -----------------------------------------------------------------------------
-# TRAINING
-# One optimizer step is grad_accum_steps micro-batches in each of WORLD_SIZE processes: always 8
-# micro-batches, so the global batch is the same on any number of GPUs. The clock counts only
-# training: the compile warmup runs before it starts and validation pauses it.
+# RUN SETUP
+# What every entry point (training, tools/benchmark.py, tools/requantize.py) does first: process layout, settings
+# checked against it, device, attention kernel, process group. A step is MICRO_BATCHES micro-batches over all
+# processes, so the global batch and the data order are the same on any number of GPUs.
 # -----------------------------------------------------------------------------
 
-class RunLog:
-    """Rank 0 prints and appends to logs/<RUN_ID>.txt; other ranks stay quiet."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-
-    def __call__(self, msg: str, console: bool = True) -> None:
-        if self.path is None:
-            return
-        if console:
-            print(msg, flush=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            print(msg, file=f)
+MICRO_BATCHES = 8
 
 
 @dataclass
@@ -986,10 +966,19 @@ class Run:
     args: Hyperparameters
     rank: int
     world_size: int
-    grad_accum_steps: int
+    grad_accum_steps: int  # this process's share of the MICRO_BATCHES
     distributed: bool  # launched by torchrun, even with one process
     device: torch.device
-    log: RunLog
+    sdpa_fallback: str = ""  # why the attention kernel is not the one asked for, if it is not
+    log_path: Path | None = None  # rank 0's logs/<RUN_ID>.txt, once the run has claimed its RUN_ID
+
+    def log(self, msg: str, console: bool = True) -> None:
+        """Rank 0 prints and appends to its log file; other ranks stay quiet."""
+        if self.log_path and console:
+            print(msg, flush=True)
+        if self.log_path:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                print(msg, file=f)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -999,35 +988,6 @@ class Run:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
 
-def run_paths(run_id: str, quant_bits: int) -> dict[str, Path]:
-    return dict(log=Path("logs") / f"{run_id}.txt", raw=Path("artifacts") / f"{run_id}_model.pt",
-                artifact=Path("artifacts") / f"{run_id}_model.int{quant_bits}.ptz")
-
-
-def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
-    """Makes sure this run can write its files and that none of them belongs to an earlier run."""
-    paths = run_paths(run_id, quant_bits)
-    wanted = list(paths.values()) if writes_model else [paths["log"]]
-    for path in wanted:
-        if path.exists():
-            raise ConfigError(f"{path} already exists: RUN_ID={run_id} was used before; pick another RUN_ID "
-                              f"(or leave it unset for a fresh one)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
-    # Real writes, not the mode bits (root ignores them, not a read-only disk): first a probe of the
-    # model's folder, so that a refused run leaves no log; then the log, which stays to claim the RUN_ID.
-    for path in (paths["raw"], paths["log"]) if writes_model else (paths["log"],):
-        try:
-            path.touch(exist_ok=False)
-        except OSError as e:
-            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ writable, or run from a "
-                              f"writable folder") from None
-        if path != paths["log"]:
-            path.unlink()
-
-
 def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) -> None:
     """One setting's rule; its error says what to set instead."""
     if not holds:
@@ -1035,7 +995,8 @@ def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) 
                           f"(default {Hyperparameters.defaults()[name]})")
 
 
-def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int) -> None:
+    """Every setting's rule, before any work: the first one broken stops the run with its fix."""
     plain = all(c.isascii() and (c.isalnum() or c in "._-") for c in args.run_id)  # not a path
     if not plain or args.run_id.startswith(".") or len(args.run_id) > 100:
         raise ConfigError(f"RUN_ID={args.run_id!r} is not a plain file name: set RUN_ID to at most 100 letters, "
@@ -1090,214 +1051,6 @@ def check_shapes(args: Hyperparameters, world_size: int, grad_accum_steps: int) 
             raise ConfigError(f"QUANT_GPTQ=1 needs {fix}")
 
 
-def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
-    """Accumulates one step's gradients, each micro-batch's loss scaled by 1/grad_accum_steps.
-    DDP all-reduces only on the last micro-batch. Returns the mean loss."""
-    total = torch.zeros((), device=run.device)
-    for micro_step in range(run.grad_accum_steps):
-        if run.distributed:
-            model.require_backward_grad_sync = micro_step == run.grad_accum_steps - 1
-        x, y = loader.next_batch(run.args.train_batch_tokens, run.args.train_seq_len, run.grad_accum_steps)
-        with run.autocast():
-            loss = model(x, y)
-        (loss / run.grad_accum_steps).backward()
-        total += loss.detach()
-    return total / run.grad_accum_steps
-
-
-def optimizer_step(optimizers: list[torch.optim.Optimizer], model: nn.Module, lr_scale: float,
-                   grad_clip_norm: float) -> None:
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * lr_scale
-    if grad_clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-    for opt in optimizers:
-        opt.step()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-
-
-def warmup_and_reset(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer],
-                     loader: DistributedTokenLoader) -> None:
-    """Runs WARMUP_STEPS real steps to compile and prime every kernel, then restores the initial
-    weights, optimizer states and data stream, so timed training starts from the true init."""
-    weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
-    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    n = run.args.warmup_steps
-    for step in range(1, n + 1):
-        base_model.looped = run.args.recur_layers > 0 and step > n // 2  # the second half compiles the looped graph
-        forward_backward(run, model, loader)
-        optimizer_step(optimizers, base_model, 1.0, run.args.grad_clip_norm)
-        if n <= 20 or step % 10 == 0 or step == n:
-            run.log(f"warmup_step:{step}/{n}")
-    base_model.load_state_dict(weights, strict=True)
-    base_model.looped = False
-    for opt, state in zip(optimizers, states):
-        opt.load_state_dict(state)
-    loader.reset()
-
-
-def loop_budget_ms(args: Hyperparameters) -> float | None:
-    """The training loop's cap, which its schedules also end at. GPTQ's calibration reads training
-    data, so it is training time: the loop leaves it its reserve."""
-    if args.max_wallclock_seconds <= 0:
-        return None
-    return 1000.0 * (args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_gptq else 0.0))
-
-
-def train(run: Run, model: nn.Module, base_model: GPT, optimizers: list[torch.optim.Optimizer], muon: Muon,
-          loader: DistributedTokenLoader, evaluate) -> float:
-    """Returns the training time in ms."""
-    args, log = run.args, run.log
-    max_wallclock_ms = loop_budget_ms(args)
-    training_time_ms, stop_after_step, step, averaged_frac = 0.0, None, 0, 0.0
-    # EMA_HORIZON_FRAC: an fp32 moving average of the weights whose horizon (1/(1 - decay) steps) is that fraction of
-    # the budget (a capped run's step count is unknown): a step that spends d of it keeps exp(-d / EMA_HORIZON_FRAC).
-    average = {k: v.float().clone() for k, v in base_model.state_dict().items()} if args.ema_horizon_frac else {}
-    run.sync()
-    t0 = time.perf_counter()
-    while True:
-        last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
-        if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
-            run.sync()
-            training_time_ms += 1000.0 * (time.perf_counter() - t0)
-            if last_step and average:  # from here on (last validation, GPTQ, export) the model is the average
-                base_model.load_state_dict(average)
-                log(f"ema:applied horizon_frac:{args.ema_horizon_frac}")
-            val_loss, val_bpb = evaluate()
-            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
-            run.sync()
-            t0 = time.perf_counter()
-        if last_step:
-            if stop_after_step is not None and step < args.iterations:
-                log(f"stopping_early: wallclock_cap train_time:{training_time_ms:.0f}ms step:{step}/{args.iterations}")
-            break
-
-        elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        used = budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms)
-        lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms,
-                                 args.warmdown_frac)
-        train_loss = forward_backward(run, model, loader)
-        done = warmup_done(step, args.muon_momentum_warmup_steps, used, args.muon_momentum_warmup_frac)
-        muon.param_groups[0]["momentum"] = muon_momentum_at(done, args.muon_momentum_warmup_start, args.muon_momentum)
-        optimizer_step(optimizers, base_model, lr_scale, args.grad_clip_norm)
-        step += 1
-
-        approx_time_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
-        spent = budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms)
-        if run.distributed and max_wallclock_ms is not None:  # every rank stops, loops and averages by one clock
-            flags = torch.tensor([float(reached_cap), spent], dtype=torch.float64, device=run.device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            reached_cap, spent = bool(flags[0]), float(flags[1])
-        if average:  # every rank keeps its own: the same weights and fractions give the same average
-            decay = math.exp((averaged_frac - spent) / args.ema_horizon_frac)
-            torch._foreach_lerp_([*average.values()], [v.float() for v in base_model.state_dict().values()], 1 - decay)
-            averaged_frac = spent
-        if args.recur_layers > 0 and spent >= args.recur_from_frac and not base_model.looped:
-            base_model.looped = True
-            log(f"recurrence:on steps_done:{step} order:{','.join(map(str, base_model.block_order()))}")
-        if stop_after_step is None and reached_cap:
-            stop_after_step = step
-        if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after_step):
-            if run.distributed:  # the global batch's mean loss, not rank 0's share
-                dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
-                train_loss /= run.world_size
-            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
-                f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
-
-    cuda = run.device.type == "cuda"  # the CPU says 0
-    log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20 if cuda else 0} MiB "
-        f"reserved: {torch.cuda.max_memory_reserved() // 2**20 if cuda else 0} MiB")
-    return training_time_ms
-
-
-def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, training_ms: float) -> dict[str, Tensor]:
-    """The Hessians, timed: with the loop's time, within MAX_WALLCLOCK_SECONDS?"""
-    args, capped = run.args, run.args.max_wallclock_seconds > 0
-    run.sync()
-    t0 = time.perf_counter()
-    hessians = collect_hessians(base_model, loader, args, run.grad_accum_steps)
-    run.sync()
-    ms, reserve_ms = 1000.0 * (time.perf_counter() - t0), 1000.0 * args.gptq_reserve_seconds if capped else 0.0
-    n = args.gptq_calib_batches
-    run.log(f"gptq_calibration batches:{n} tokens:{n * args.train_batch_tokens} time:{ms:.0f}ms "
-            f"reserve:{reserve_ms:.0f}ms")
-    if capped and training_ms + ms > 1000.0 * args.max_wallclock_seconds:
-        run.log(f"warning: training {training_ms:.0f}ms + calibration overran MAX_WALLCLOCK_SECONDS: "
-                f"raise GPTQ_RESERVE_SECONDS")
-    return hessians
-
-
-def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
-           hessians: dict[str, Tensor] | None = None) -> None:
-    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes that count."""
-    if run.rank != 0:
-        return
-    log, state, args = run.log, base_model.state_dict(), run.args
-    label = export_label(args)
-    torch.save(state, paths["raw"])
-    raw_bytes = paths["raw"].stat().st_size
-    log(f"Serialized model: {raw_bytes} bytes")
-    log(f"Code size: {code_bytes} bytes")
-    log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
-                                                 args.gptq_damp)
-    blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
-    paths["artifact"].write_bytes(blob)
-    ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
-    log(f"Serialized model {label}: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
-        f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
-    log_submission_size(log, label, len(blob) + code_bytes)
-    log(f"artifact:{paths['artifact']}")
-
-
-def log_submission_size(log: RunLog, label: str, total: int) -> None:
-    log(f"Total submission size {label}: {total} bytes")
-    margin = ARTIFACT_LIMIT_BYTES - total
-    log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
-
-
-def report_roundtrip(run: Run, evaluate, n_targets: int, ttt: ScoreFirstTTT | None = None) -> None:
-    """The score of record: the rebuilt model on the whole split, in sliding windows (which score
-    all n_targets, the tail too) if EVAL_STRIDE is set, training score-first as it goes with ttt."""
-    def timed(stride: int, ttt: ScoreFirstTTT | None = None) -> tuple[float, float, float]:
-        run.sync()
-        t0 = time.perf_counter()
-        val_loss, val_bpb = evaluate(stride, ttt)
-        run.sync()
-        return val_loss, val_bpb, 1000.0 * (time.perf_counter() - t0)
-
-    stride = sliding_stride(run.args.eval_stride, run.args.train_seq_len)
-    if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
-        val_loss, val_bpb, ms = timed(0)
-        run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
-        run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
-                f"(after the first window) targets:{n_targets}")
-    val_loss, val_bpb, ms = timed(stride, ttt)
-    if ttt:
-        run.log(f"ttt epochs:{ttt.epochs} lr:{ttt.lr} chunk_tokens:{ttt.chunk_tokens} chunks:{ttt.chunks} "
-                f"train_seqs:{ttt.train_seqs}")
-    name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
-    run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
-    run.log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
-
-
-def describe_environment(device: torch.device, world_size: int) -> tuple[str, str]:
-    """The log's file-only header (versions, nvidia-smi) and a one-line hardware summary."""
-    lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
-    name = "cpu"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        try:
-            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
-        except OSError:
-            lines.append("nvidia-smi: not found")
-    return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
-
-
 def process_layout(environ) -> tuple[bool, int, int, int]:
     """(launched by torchrun, RANK, WORLD_SIZE, LOCAL_RANK), checked: a launcher sets all three."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -1305,21 +1058,11 @@ def process_layout(environ) -> tuple[bool, int, int, int]:
         given, missing = ("RANK", "WORLD_SIZE") if "RANK" in environ else ("WORLD_SIZE", "RANK")
         raise ConfigError(f"{given} is set but {missing} is not; launch with torchrun, or unset both for one process")
     rank, world_size, local_rank = (parse_env_value(n, environ.get(n, d), int) for n, d in zip(names, "010"))
-    if world_size <= 0 or 8 % world_size:
-        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (use --nproc_per_node 1, 2, 4 or 8)")
+    if world_size <= 0 or MICRO_BATCHES % world_size:
+        raise ConfigError(f"WORLD_SIZE={world_size} must divide {MICRO_BATCHES} (use --nproc_per_node 1, 2, 4 or 8)")
     if not 0 <= rank < world_size or local_rank < 0:
         raise ConfigError(f"RANK={rank} and LOCAL_RANK={local_rank} must lie in [0, WORLD_SIZE={world_size})")
     return "RANK" in environ and "WORLD_SIZE" in environ, rank, world_size, local_rank
-
-
-def setup_device(local_rank: int) -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return device
 
 
 def attention_kernels_agree(device: torch.device, num_heads: int, seq_len: int, head_dim: int,
@@ -1364,71 +1107,324 @@ def select_attention(requested: str, device: torch.device, num_heads: int, seq_l
     return backend, why
 
 
-def init_process_group(device: torch.device) -> None:
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
+def setup_run(args: Hyperparameters, environ) -> Run:
+    """The process layout from environ (torchrun's, or {} for one process), the settings checked against it
+    before any GPU work, then the device, the attention kernel and the process group."""
+    distributed, rank, world_size, local_rank = process_layout(environ)
+    grad_accum_steps = MICRO_BATCHES // world_size
+    check_settings(args, world_size, grad_accum_steps)
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    args.sdpa_backend, fallback = select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
+                                                   args.model_dim // args.num_heads)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return Run(args, rank, world_size, grad_accum_steps, distributed, device, sdpa_fallback=fallback)
 
 
-def build_training(run: Run) -> tuple[GPT, nn.Module, list[torch.optim.Optimizer], Muon]:
+def run_paths(run_id: str, quant_bits: int) -> dict[str, Path]:
+    return dict(log=Path("logs") / f"{run_id}.txt", raw=Path("artifacts") / f"{run_id}_model.pt",
+                artifact=Path("artifacts") / f"{run_id}_model.int{quant_bits}.ptz")
+
+
+def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
+    """Makes sure this run can write its files and that none of them belongs to an earlier run."""
+    paths = run_paths(run_id, quant_bits)
+    wanted = list(paths.values()) if writes_model else [paths["log"]]
+    for path in wanted:
+        if path.exists():
+            raise ConfigError(f"{path} already exists: RUN_ID={run_id} was used before; pick another RUN_ID "
+                              f"(or leave it unset for a fresh one)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
+    # Real writes, not the mode bits (root ignores them, not a read-only disk): first a probe of the
+    # model's folder, so that a refused run leaves no log; then the log, which stays to claim the RUN_ID.
+    for path in (paths["raw"], paths["log"]) if writes_model else (paths["log"],):
+        try:
+            path.touch(exist_ok=False)
+        except OSError as e:
+            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ writable, or run from a "
+                              f"writable folder") from None
+        if path != paths["log"]:
+            path.unlink()
+
+
+def describe_environment(device: torch.device, world_size: int) -> tuple[str, str]:
+    """The log's file-only header (versions, nvidia-smi) and a one-line hardware summary."""
+    lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        try:
+            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
+        except OSError:
+            lines.append("nvidia-smi: not found")
+    return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
+
+
+# -----------------------------------------------------------------------------
+# TRAINING
+# The clock counts only training: the compile warmup runs before it starts and validation pauses it.
+# -----------------------------------------------------------------------------
+
+@dataclass
+class Training:
     """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its optimizers."""
+    base_model: GPT
+    model: nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    muon: Muon
+
+
+def build_training(run: Run) -> Training:
     args, device = run.args, run.device
     base_model = build_model(args, device)
     compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
     model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else compiled
     orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
     optimizers, muon = build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize)
-    return base_model, model, optimizers, muon
+    return Training(base_model, model, optimizers, muon)
 
 
-def sdp_backends_line(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "sdp_backends:cpu"
-    kernels = ("cudnn", "flash", "mem_efficient", "math")
-    return "sdp_backends:" + " ".join(f"{k}={getattr(torch.backends.cuda, f'{k}_sdp_enabled')()}" for k in kernels)
+def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
+    """Accumulates one step's gradients, each micro-batch's loss scaled by 1/grad_accum_steps.
+    DDP all-reduces only on the last micro-batch. Returns the mean loss."""
+    total = torch.zeros((), device=run.device)
+    for micro_step in range(run.grad_accum_steps):
+        if run.distributed:
+            model.require_backward_grad_sync = micro_step == run.grad_accum_steps - 1
+        x, y = loader.next_batch(run.args.train_batch_tokens, run.args.train_seq_len, run.grad_accum_steps)
+        with run.autocast():
+            loss = model(x, y)
+        (loss / run.grad_accum_steps).backward()
+        total += loss.detach()
+    return total / run.grad_accum_steps
 
+
+def optimizer_step(run: Run, training: Training, lr_scale: float) -> None:
+    for opt in training.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale
+    if run.args.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(training.base_model.parameters(), run.args.grad_clip_norm)
+    for opt in training.optimizers:
+        opt.step()
+    for opt in training.optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def warmup_and_reset(run: Run, training: Training, loader: DistributedTokenLoader) -> None:
+    """Runs WARMUP_STEPS real steps to compile and prime every kernel, then restores the initial
+    weights, optimizer states and data stream, so timed training starts from the true init."""
+    base_model, optimizers = training.base_model, training.optimizers
+    weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    n = run.args.warmup_steps
+    for step in range(1, n + 1):
+        base_model.looped = run.args.recur_layers > 0 and step > n // 2  # the second half compiles the looped graph
+        forward_backward(run, training.model, loader)
+        optimizer_step(run, training, 1.0)
+        if n <= 20 or step % 10 == 0 or step == n:
+            run.log(f"warmup_step:{step}/{n}")
+    base_model.load_state_dict(weights, strict=True)
+    base_model.looped = False
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
+    loader.reset()
+
+
+def loop_budget_ms(args: Hyperparameters) -> float | None:
+    """The training loop's cap, which its schedules also end at. GPTQ's calibration reads training
+    data, so it is training time: the loop leaves it its reserve."""
+    if args.max_wallclock_seconds <= 0:
+        return None
+    return 1000.0 * (args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_gptq else 0.0))
+
+
+def train(run: Run, training: Training, loader: DistributedTokenLoader, val: Validation,
+          clock=time.perf_counter) -> float:
+    """Returns the training time in ms, by clock (seconds; tests pass their own)."""
+    args, log, base_model = run.args, run.log, training.base_model
+    max_wallclock_ms = loop_budget_ms(args)
+    training_time_ms, stop_after_step, step, averaged_frac = 0.0, None, 0, 0.0
+    # EMA_HORIZON_FRAC: an fp32 moving average of the weights whose horizon (1/(1 - decay) steps) is that fraction of
+    # the budget (a capped run's step count is unknown): a step that spends d of it keeps exp(-d / EMA_HORIZON_FRAC).
+    average = {k: v.float().clone() for k, v in base_model.state_dict().items()} if args.ema_horizon_frac else {}
+    run.sync()
+    t0 = clock()
+    while True:
+        last_step = step == args.iterations or (stop_after_step is not None and step >= stop_after_step)
+        if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
+            run.sync()
+            training_time_ms += 1000.0 * (clock() - t0)
+            if last_step and average:  # from here on (last validation, GPTQ, export) the model is the average
+                base_model.load_state_dict(average)
+                log(f"ema:applied horizon_frac:{args.ema_horizon_frac}")
+            val_loss, val_bpb = eval_val(run, training.model, val, 0)
+            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
+            run.sync()
+            t0 = clock()
+        if last_step:
+            if stop_after_step is not None and step < args.iterations:
+                log(f"stopping_early: wallclock_cap train_time:{training_time_ms:.0f}ms step:{step}/{args.iterations}")
+            break
+
+        elapsed_ms = training_time_ms + 1000.0 * (clock() - t0)
+        used = budget_used(step, elapsed_ms, args.iterations, max_wallclock_ms)
+        lr_scale = lr_multiplier(step, elapsed_ms, args.iterations, args.warmdown_iters, max_wallclock_ms,
+                                 args.warmdown_frac)
+        train_loss = forward_backward(run, training.model, loader)
+        training.muon.param_groups[0]["momentum"] = muon_momentum(step, used, args)
+        optimizer_step(run, training, lr_scale)
+        step += 1
+
+        approx_time_ms = training_time_ms + 1000.0 * (clock() - t0)
+        reached_cap = max_wallclock_ms is not None and approx_time_ms >= max_wallclock_ms
+        spent = budget_used(step, approx_time_ms, args.iterations, max_wallclock_ms)
+        if run.distributed and max_wallclock_ms is not None:  # every rank stops, loops and averages by one clock
+            flags = torch.tensor([float(reached_cap), spent], dtype=torch.float64, device=run.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            reached_cap, spent = bool(flags[0]), float(flags[1])
+        if average:  # every rank keeps its own: the same weights and fractions give the same average
+            decay = math.exp((averaged_frac - spent) / args.ema_horizon_frac)
+            torch._foreach_lerp_([*average.values()], [v.float() for v in base_model.state_dict().values()], 1 - decay)
+            averaged_frac = spent
+        if args.recur_layers > 0 and spent >= args.recur_from_frac and not base_model.looped:
+            base_model.looped = True
+            log(f"recurrence:on steps_done:{step} order:{','.join(map(str, base_model.block_order()))}")
+        if stop_after_step is None and reached_cap:
+            stop_after_step = step
+        if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after_step):
+            if run.distributed:  # the global batch's mean loss, not rank 0's share
+                dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
+                train_loss /= run.world_size
+            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
+                f"train_time:{approx_time_ms:.0f}ms step_avg:{approx_time_ms / step:.2f}ms")
+
+    cuda = run.device.type == "cuda"  # the CPU says 0
+    log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20 if cuda else 0} MiB "
+        f"reserved: {torch.cuda.max_memory_reserved() // 2**20 if cuda else 0} MiB")
+    return training_time_ms
+
+
+# -----------------------------------------------------------------------------
+# EXPORT AND SCORE
+# GPTQ's calibration (training time, within the cap), the artifact, and the score of the model rebuilt from it.
+# -----------------------------------------------------------------------------
+
+def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, training_ms: float) -> dict[str, Tensor]:
+    """The Hessians, timed: with the loop's time, within MAX_WALLCLOCK_SECONDS?"""
+    args, capped = run.args, run.args.max_wallclock_seconds > 0
+    run.sync()
+    t0 = time.perf_counter()
+    hessians = collect_hessians(base_model, loader, args, run.grad_accum_steps)
+    run.sync()
+    ms, reserve_ms = 1000.0 * (time.perf_counter() - t0), 1000.0 * args.gptq_reserve_seconds if capped else 0.0
+    n = args.gptq_calib_batches
+    run.log(f"gptq_calibration batches:{n} tokens:{n * args.train_batch_tokens} time:{ms:.0f}ms "
+            f"reserve:{reserve_ms:.0f}ms")
+    if capped and training_ms + ms > 1000.0 * args.max_wallclock_seconds:
+        run.log(f"warning: training {training_ms:.0f}ms + calibration overran MAX_WALLCLOCK_SECONDS: "
+                f"raise GPTQ_RESERVE_SECONDS")
+    return hessians
+
+
+def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
+           hessians: dict[str, Tensor] | None = None) -> None:
+    """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes that count."""
+    if run.rank != 0:
+        return
+    log, state, args = run.log, base_model.state_dict(), run.args
+    label = export_label(args)
+    torch.save(state, paths["raw"])
+    raw_bytes = paths["raw"].stat().st_size
+    log(f"Serialized model: {raw_bytes} bytes")
+    log(f"Code size: {code_bytes} bytes")
+    log(f"Total submission size: {raw_bytes + code_bytes} bytes")
+    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
+                                                 args.gptq_damp)
+    blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
+    paths["artifact"].write_bytes(blob)
+    ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
+    log(f"Serialized model {label}: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
+        f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
+    log_submission_size(log, label, len(blob) + code_bytes)
+    log(f"artifact:{paths['artifact']}")
+
+
+def log_submission_size(log, label: str, total: int) -> None:
+    log(f"Total submission size {label}: {total} bytes")
+    margin = ARTIFACT_LIMIT_BYTES - total
+    log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
+
+
+def report_roundtrip(run: Run, model: nn.Module, val: Validation, ttt: ScoreFirstTTT | None) -> None:
+    """The score of record: the rebuilt model on the whole split, in sliding windows (which score
+    every target, the tail too) if EVAL_STRIDE is set, training score-first as it goes with ttt."""
+    def timed(stride: int, ttt: ScoreFirstTTT | None = None) -> tuple[float, float, float]:
+        run.sync()
+        t0 = time.perf_counter()
+        val_loss, val_bpb = eval_val(run, model, val, stride, ttt)
+        run.sync()
+        return val_loss, val_bpb, 1000.0 * (time.perf_counter() - t0)
+
+    stride = sliding_stride(run.args.eval_stride, run.args.train_seq_len)
+    if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
+        val_loss, val_bpb, ms = timed(0)
+        run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
+        run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
+                f"(after the first window) targets:{val.tokens.size - 1}")
+    val_loss, val_bpb, ms = timed(stride, ttt)
+    if ttt:
+        run.log(f"ttt epochs:{ttt.epochs} lr:{ttt.lr} chunk_tokens:{ttt.chunk_tokens} chunks:{ttt.chunks} "
+                f"train_seqs:{ttt.train_seqs}")
+    name = f"final_{export_label(run.args).replace('+', '_')}_roundtrip"  # final_int8_zlib_roundtrip for the seed
+    run.log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
+    run.log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+
+
+# -----------------------------------------------------------------------------
+# MAIN
+# -----------------------------------------------------------------------------
 
 def main() -> None:
     code = Path(__file__).read_text(encoding="utf-8")
     args = Hyperparameters()
 
-    # ---- check every input before any GPU work ----------------------------------------------
-    distributed, rank, world_size, local_rank = process_layout(os.environ)
-    grad_accum_steps = 8 // world_size
-    check_shapes(args, world_size, grad_accum_steps)
+    # ---- the inputs, then the run's processes, settings and device: all checked before any work -------------
     artifact = args.eval_artifact or None  # set: score this artifact instead of training
     train_files, val_files = find_shards(args.data_path, need_train=not artifact)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
     val_tokens = load_validation_tokens(val_files, args.train_seq_len, args.vocab_size)
     if artifact:  # the log then names how the artifact was made, whatever QUANT_BITS and COMPRESSOR say
         artifact_state, args.quant_bits, args.compressor = load_artifact(artifact)
-    device = setup_device(local_rank)
+    run = setup_run(args, os.environ)
     # Opening the stream reads the first train shard, so a bad one fails here too.
-    loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, rank, world_size, device)
+    loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, run.rank, run.world_size,
+                                                          run.device)
 
-    # ---- processes, attention kernel, run identity, log --------------------------------------
-    args.sdpa_backend, sdpa_fallback = select_attention(args.sdpa_backend, device, args.num_heads,
-                                                        args.train_seq_len, args.model_dim // args.num_heads)
-    if distributed:
-        init_process_group(device)
-    run_id = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"]
-    if distributed:
-        dist.broadcast_object_list(run_id, src=0)  # one id for all ranks: rank 0's
-    args.run_id = run_id[0]
-    paths, problem = run_paths(args.run_id, args.quant_bits), [""]
-    if rank == 0:
+    # ---- run identity, log: rank 0 names the run and claims its files; all ranks get the name or the error -
+    shared = [args.run_id or f"{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}", ""]
+    if run.rank == 0:
         try:
-            claim_run_paths(args.run_id, writes_model=not artifact, quant_bits=args.quant_bits)
+            claim_run_paths(shared[0], writes_model=not artifact, quant_bits=args.quant_bits)
         except ConfigError as e:
-            problem[0] = str(e)
-    if distributed:  # every rank stops if rank 0 cannot write, rather than wait for it forever
-        dist.broadcast_object_list(problem, src=0)
-    if problem[0]:
-        raise ConfigError(problem[0])
-    if rank == 0:
+            shared[1] = str(e)
+    if run.distributed:  # every rank stops if rank 0 cannot write, rather than wait for it forever
+        dist.broadcast_object_list(shared, src=0)
+    if shared[1]:
+        raise ConfigError(shared[1])
+    args.run_id = shared[0]
+    paths = run_paths(args.run_id, args.quant_bits)
+    if run.rank == 0:
         print(paths["log"], flush=True)
-    run = Run(args, rank, world_size, grad_accum_steps, distributed, device,
-              RunLog(paths["log"] if rank == 0 else None))
-    environment, hardware = describe_environment(device, world_size)
+        run.log_path = paths["log"]
+    environment, hardware = describe_environment(run.device, run.world_size)
     for text in (code, "=" * 100, environment, "=" * 100):
         run.log(text, console=False)
     run.log(args.as_line())
@@ -1437,20 +1433,24 @@ def main() -> None:
         seed_generator(args.seed)
 
     # ---- the metric --------------------------------------------------------------------------
-    tables = build_byte_tables(sp, args.vocab_size).to(device)
-    val_batch_seqs = args.val_batch_size // (world_size * grad_accum_steps) // args.train_seq_len
+    # Each rank scores VAL_BATCH_SIZE / MICRO_BATCHES tokens at a time, as many as it trains on.
+    val = Validation(val_tokens, build_byte_tables(sp, args.vocab_size).to(run.device), args.train_seq_len,
+                     args.val_batch_size // MICRO_BATCHES // args.train_seq_len)
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     run.log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
     run.log(f"val_loader:shards pattern={Path(args.data_path) / 'fineweb_val_*.bin'} "
             f"tokens:{(val_tokens.size - 1) // args.train_seq_len * args.train_seq_len}")  # the seed's whole sequences
 
     # ---- model and optimizers ----------------------------------------------------------------
-    base_model, model, optimizers, muon = build_training(run)
+    training = build_training(run)
+    base_model = training.base_model
     run.log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
-    run.log(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
-    run.log(sdp_backends_line(device))
-    if sdpa_fallback:
-        run.log(f"sdpa_backend:{args.sdpa_backend} ({sdpa_fallback})")
+    run.log(f"world_size:{run.world_size} grad_accum_steps:{run.grad_accum_steps}")
+    kernels = ("cudnn", "flash", "mem_efficient", "math")  # the published script's line, and on the CPU "cpu"
+    run.log("sdp_backends:" + (" ".join(f"{k}={getattr(torch.backends.cuda, f'{k}_sdp_enabled')()}" for k in kernels)
+                               if run.device.type == "cuda" else "cpu"))
+    if run.sdpa_fallback:
+        run.log(f"sdpa_backend:{args.sdpa_backend} ({run.sdpa_fallback})")
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     head_lr = 0.0 if args.tie_embeddings else args.head_lr
@@ -1461,10 +1461,6 @@ def main() -> None:
             f"max_wallclock_seconds:{args.max_wallclock_seconds:.3f}")
     run.log(f"seed:{args.seed}")
 
-    def evaluate(stride: int = 0, ttt: ScoreFirstTTT | None = None) -> tuple[float, float]:
-        return eval_val(model, val_tokens, tables, args.train_seq_len, val_batch_seqs, rank, world_size, device,
-                        stride, ttt)
-
     # ---- train and export, or take an existing artifact --------------------------------------
     code_bytes = len(code.encode("utf-8"))
     if artifact:
@@ -1472,12 +1468,12 @@ def main() -> None:
         log_submission_size(run.log, export_label(args), Path(artifact).stat().st_size + code_bytes)
     else:
         if args.warmup_steps > 0:
-            warmup_and_reset(run, model, base_model, optimizers, loader)
-        training_ms = train(run, model, base_model, optimizers, muon, loader, evaluate)
+            warmup_and_reset(run, training, loader)
+        training_ms = train(run, training, loader, val)
         base_model.looped = args.recur_layers > 0  # calibrated as scored, even if the switch never came
         hessians = calibrate_gptq(run, base_model, loader, training_ms) if args.quant_gptq else None
         export(run, base_model, code_bytes, paths, hessians)
-        if distributed:
+        if run.distributed:
             dist.barrier()  # the artifact is on disk before any rank reads it
         artifact = str(paths["artifact"])
         artifact_state = load_artifact(artifact)[0]
@@ -1487,8 +1483,8 @@ def main() -> None:
     # The bf16 tied embedding would round SGD's small steps away: TTT trains the fp32 parameters.
     ttt = ScoreFirstTTT([p for p in base_model.parameters() if p.dtype == torch.float32], args.ttt_epochs, args.ttt_lr,
                         args.ttt_chunk_tokens) if args.ttt_epochs else None
-    report_roundtrip(run, evaluate, val_tokens.size - 1, ttt)
-    if distributed:
+    report_roundtrip(run, training.model, val, ttt)
+    if run.distributed:
         dist.barrier()  # no rank tears down while another still talks to it
         dist.destroy_process_group()
 

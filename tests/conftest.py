@@ -21,6 +21,33 @@ VOCAB_SIZE = 512
 VAL_DOCS = 40
 SHARD_TOKENS = 20_000
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow layer: train_gpt.py in subprocesses, under torchrun, on capped clocks")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a subprocess, torchrun or capped-clock run (runs with --slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast layer by default (unit tests and in-process tiny runs); --slow adds the slow one."""
+    if not config.getoption("--slow"):
+        slow = [item for item in items if "slow" in item.keywords]
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+def cpu_run(rank: int = 0, world_size: int = 1, env: dict[str, str] | None = None):
+    """train_gpt.Run for one rank of world_size on the CPU, with no process group: tests that need the
+    ranks' total add up each rank's sums themselves."""
+    import torch
+    import train_gpt
+    args = train_gpt.Hyperparameters(env or {})
+    return train_gpt.Run(args, rank, world_size, max(train_gpt.MICRO_BATCHES // world_size, 1), False,
+                         torch.device("cpu"))
+
+
 def readme_block(name: str) -> str:
     """The command of README.md's bash block marked `<!-- name -->`, its lines joined, spaces single."""
     readme = (ROOT / "README.md").read_text()

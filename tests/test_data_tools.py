@@ -226,6 +226,7 @@ def test_holdout_build_is_deterministic(holdout_build, tmp_path, corpus, tokeniz
             assert (tmp_path / folder.name / path.name).read_bytes() == path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_holdout_scores_an_artifact(first_run, holdout_build, tokenizer_path, tmp_path):
     artifact = first_run[0] / "artifacts" / "first_model.int8.ptz"
     # Its own folder: the shared run's logs stay as the other tests expect them.
@@ -396,6 +397,7 @@ def test_verify_without_a_vocabulary_size_still_checks_every_shard(dataset, tmp_
     assert run.returncode == 1 and run.stdout.count("PROBLEM: ") == 3 and "FAILED, 3 problem(s)" in run.stdout
 
 
+@pytest.mark.slow
 def test_tiny_dataset_trains_with_the_command_it_prints(tmp_path):
     out, prefix = tmp_path / "tiny_sp512", tmp_path / "tokenizers" / "tiny_512"
     made = subprocess.run([sys.executable, str(ROOT / "data" / "tiny.py"), "--out", str(out), "--tokenizer",

@@ -30,10 +30,38 @@ SPEC_LINES = {
 }
 
 
+def run_in_process(monkeypatch, cwd, env: dict[str, str]) -> str:
+    """train_gpt.main() in this process, as `python3 train_gpt.py` runs in cwd with env; returns its log."""
+    for name in [*(n.upper() for n in train_gpt.Hyperparameters.defaults()), "RANK", "WORLD_SIZE", "LOCAL_RANK"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cwd)
+    train_gpt.main()
+    return (cwd / "logs" / f"{env['RUN_ID']}.txt").read_text()
+
+
+def test_an_in_process_run_logs_the_seed_lines_and_its_artifact_rescores_exactly(monkeypatch, dataset,
+                                                                                 tokenizer_path, tmp_path):
+    """The fast layer's whole run: main() trains, validates, exports int8+zlib and scores the rebuilt
+    model; scoring the artifact again (EVAL_ARTIFACT) gives the same number to the last digit."""
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="inproc", ITERATIONS="6", VAL_LOSS_EVERY="3")
+    log = run_in_process(monkeypatch, tmp_path, env)
+    found = parse(log)
+    assert [name for name in SPEC_LINES if not found[name]] == []
+    assert [int(step) for step, *_ in found["val"]] == [0, 3, 6] and len(found["train"]) == 6
+    assert log.startswith((ROOT / "train_gpt.py").read_text())  # the log begins with the script's source
+    artifact = tmp_path / "artifacts" / "inproc_model.int8.ptz"
+    rescored = run_in_process(monkeypatch, tmp_path, dict(env, RUN_ID="inproc_again", EVAL_ARTIFACT=str(artifact)))
+    assert parse(rescored)["exact"] == found["exact"]
+    assert f"eval_artifact:{artifact} bytes:{artifact.stat().st_size}" in rescored
+
+
 def parse(log: str, lines: dict[str, str] = SPEC_LINES) -> dict[str, list[tuple[str, ...]]]:
     return {name: [m.groups() for m in re.finditer(pattern, log, re.M)] for name, pattern in lines.items()}
 
 
+@pytest.mark.slow
 def test_training_run_end_to_end(first_run):
     cwd, run = first_run
     log = (cwd / "logs" / "first.txt").read_text()
@@ -60,6 +88,7 @@ def test_training_run_end_to_end(first_run):
     assert lines["world"] == [("1", "8")] and lines["seed"] == [("1",)]
 
 
+@pytest.mark.slow
 def test_runs_never_touch_each_others_files(first_run, dataset, tokenizer_path):
     cwd, _ = first_run
     before = {p: p.read_bytes() for p in (cwd / "logs").iterdir()} | {p: p.read_bytes() for p in (cwd / "artifacts").iterdir()}
@@ -78,6 +107,7 @@ def test_runs_never_touch_each_others_files(first_run, dataset, tokenizer_path):
         assert path.read_bytes() == data, f"{path} changed"
 
 
+@pytest.mark.slow
 def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_path):
     cwd, run = first_run
     artifact = cwd / "artifacts" / "first_model.int8.ptz"
@@ -112,6 +142,7 @@ def test_scoring_an_existing_artifact(first_run, dataset, tokenizer_path, tmp_pa
     assert other_bpb != float(trained[1]) and 1.0 < other_bpb < 5.0
 
 
+@pytest.mark.slow
 def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="int6", ITERATIONS="12", QUANT_BITS="6", COMPRESSOR="lzma")
     run = run_train(tmp_path, env)
@@ -138,6 +169,7 @@ def test_int6_lzma_export_names_itself_and_rescores_exactly(dataset, tokenizer_p
     assert " quant_bits=6 " in rescore.stdout and " compressor=lzma " in rescore.stdout
 
 
+@pytest.mark.slow
 def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="beyond", MLP_LEAKY_SLOPE="0.5", QK_GAIN_INIT="5",
                    MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1", PARALLEL_LAYERS="1", RECUR_LAYERS="1",
@@ -164,6 +196,7 @@ def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_pat
     assert parse(unlooped.stdout)["exact"] != lines["exact"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1")
     one = run_train(tmp_path, dict(env, RUN_ID="one"))
@@ -180,6 +213,7 @@ def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
     assert abs(bpb_one - bpb_two) < 5e-3
 
 
+@pytest.mark.slow
 def test_two_capped_processes_agree_when_to_loop_and_when_to_stop(dataset, tokenizer_path, tmp_path):
     """Under a wallclock cap each rank reads its own clock; one all-reduce per step makes them switch
     the recurrence on, and stop, at the same step (a rank that ran on alone would hang the other)."""
@@ -194,6 +228,7 @@ def test_two_capped_processes_agree_when_to_loop_and_when_to_stop(dataset, token
     assert "final_int8_zlib_roundtrip_exact" in log
 
 
+@pytest.mark.slow
 def test_gptq_export_calibrates_in_time_reserved_from_training(dataset, tokenizer_path, tmp_path):
     # The loop gets 3 of the 30 s (a wide gap, so a slow step on a busy machine cannot blur it),
     # and warms down over all of its 3 s.
@@ -225,6 +260,7 @@ def occurs(stream: bytes, sequence: bytes) -> bool:
     return at >= 0
 
 
+@pytest.mark.slow
 def test_gptq_calibration_reads_training_tokens_only(monkeypatch, dataset, tokenizer_path, tmp_path, capsys):
     """The challenge's rule: no validation token before the score. Every sequence the calibration
     runs through the model comes from the training loader and occurs in the training shards."""
@@ -244,14 +280,9 @@ def test_gptq_calibration_reads_training_tokens_only(monkeypatch, dataset, token
 
     monkeypatch.setattr(train_gpt, "collect_hessians", recording)
     # A 1 ms reserve: the loop stops at the cap, so its time and the calibration's overrun it.
-    env = tiny_env(dataset, tokenizer_path, RUN_ID="calibration", ITERATIONS="100000", QUANT_GPTQ="1",
-                   QUANT_BITS="6", MAX_WALLCLOCK_SECONDS="1", GPTQ_RESERVE_SECONDS="0.001")
-    for name in [*(n.upper() for n in train_gpt.Hyperparameters.defaults()), "RANK", "WORLD_SIZE", "LOCAL_RANK"]:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    train_gpt.main()
+    log = run_in_process(monkeypatch, tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="calibration",
+                                                         ITERATIONS="100000", QUANT_GPTQ="1", QUANT_BITS="6",
+                                                         MAX_WALLCLOCK_SECONDS="1", GPTQ_RESERVE_SECONDS="0.001"))
     train_files = sorted(dataset.glob("fineweb_train_*.bin"))
     assert len(loaders) == 1 and loaders[0].files == train_files, "the training loader"
     assert len(inputs) == 4 * 8 and all(x.shape == (2, 64) for x in inputs)  # 8 micro-batches per training batch
@@ -259,7 +290,6 @@ def test_gptq_calibration_reads_training_tokens_only(monkeypatch, dataset, token
     val = np.concatenate([train_gpt.load_shard(p, 512) for p in dataset.glob("fineweb_val_*.bin")]).tobytes()
     rows = [row.numpy().astype(np.uint16).tobytes() for x in inputs for row in x]
     assert all(occurs(train, row) and not occurs(val, row) for row in rows)
-    log = (tmp_path / "logs" / "calibration.txt").read_text()
     assert re.search(r"^gptq_calibration batches:4 tokens:4096 time:\d+ms reserve:1ms$", log, re.M)
     assert re.search(r"^warning: training \d+ms \+ calibration overran MAX_WALLCLOCK_SECONDS: "
                      r"raise GPTQ_RESERVE_SECONDS$", log, re.M)

@@ -204,6 +204,7 @@ def test_reused_run_id(monkeypatch, tmp_path, dataset, tokenizer_path):
     assert (tmp_path / "logs" / "taken.txt").read_text() == "an earlier run"
 
 
+@pytest.mark.slow
 def test_command_line_prints_one_line_and_exits_2(tmp_path, dataset, tokenizer_path):
     run = run_train(tmp_path, tiny_env(dataset, tokenizer_path, VOCAB_SIZE="1024"))
     assert run.returncode == 2 and run.stdout == ""
@@ -211,12 +212,14 @@ def test_command_line_prints_one_line_and_exits_2(tmp_path, dataset, tokenizer_p
     assert not (tmp_path / "logs").exists(), "a rejected run leaves no files"
 
 
+@pytest.mark.slow
 def test_torchrun_world_size_error_is_said_once(tmp_path, dataset, tokenizer_path):
     run = run_train(tmp_path, tiny_env(dataset, tokenizer_path), nproc=3)
     assert run.returncode != 0
     assert run.stderr.count("error: WORLD_SIZE=3 must divide 8") == 1
 
 
+@pytest.mark.slow
 def test_a_rank_that_alone_finds_a_problem_says_it(tmp_path, dataset, tokenizer_path):
     # No rank 0 runs here to say it and have torchrun stop this rank: after its wait, rank 1 says it.
     env = tiny_env(dataset, tokenizer_path, VOCAB_SIZE="1024", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
@@ -226,6 +229,7 @@ def test_a_rank_that_alone_finds_a_problem_says_it(tmp_path, dataset, tokenizer_
     assert run.stderr.startswith("error (rank 1): TOKENIZER_PATH=") and run.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_every_rank_stops_when_rank_0_cannot_claim_the_run(tmp_path, dataset, tokenizer_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "taken.txt").write_text("an earlier run")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt
-from conftest import VOCAB_SIZE
+from conftest import VOCAB_SIZE, cpu_run
 from tiny import SPECIAL_WORDS, make_documents
 
 HARD_TEXTS = [
@@ -102,8 +102,8 @@ def test_val_bpb_equals_plain_recomputation(trained_looking_model, dataset, sp):
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)
     tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
-    val_loss, val_bpb = train_gpt.eval_val(trained_looking_model, tokens, tables, seq_len, batch_seqs=7,
-                                           rank=0, world_size=1, device=torch.device("cpu"))
+    val = train_gpt.Validation(tokens, tables, seq_len, batch_seqs=7)
+    val_loss, val_bpb = train_gpt.eval_val(cpu_run(), trained_looking_model, val, 0)
     want_loss, want_bpb = plain_val_bpb(trained_looking_model, tokens, seq_len, sp)
     assert val_loss == pytest.approx(want_loss, rel=1e-5)
     assert val_bpb == pytest.approx(want_bpb, rel=1e-5)
@@ -117,9 +117,9 @@ def test_ranks_cover_every_target_once(trained_looking_model, dataset, sp, world
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)
     assert (tokens.size - 1) % seq_len, "the split ends in a partial sequence"
     tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
-    cpu = torch.device("cpu")
-    whole = train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, 0, 1, cpu)
-    parts = sum(train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, r, world_size, cpu)
+    val = train_gpt.Validation(tokens, tables, seq_len, 5)
+    whole = train_gpt.validation_sums(cpu_run(), trained_looking_model, val, 0, None)
+    parts = sum(train_gpt.validation_sums(cpu_run(r, world_size), trained_looking_model, val, 0, None)
                 for r in range(world_size))
     assert whole[1] == parts[1] == (tokens.size - 1) // seq_len * seq_len  # every whole sequence's targets, once
     assert whole[2] == parts[2]
@@ -160,9 +160,9 @@ def test_batch_size_changes_nothing_but_the_batching(trained_looking_model, data
     """Short last batches are padded with windows that must count nowhere."""
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, 32, VOCAB_SIZE)[: 32 * 11 + 1]
-    tables, cpu = train_gpt.build_byte_tables(sp, VOCAB_SIZE), torch.device("cpu")
-    one, seven = (train_gpt.validation_sums(trained_looking_model, tokens, tables, 32, b, 0, 1, cpu, stride)
-                  for b in (1, 7))
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    one, seven = (train_gpt.validation_sums(cpu_run(), trained_looking_model, train_gpt.Validation(tokens, tables, 32, b),
+                                            stride, None) for b in (1, 7))
     assert one[1] == seven[1] == tokens.size - 1 and one[2] == seven[2]
     assert float(seven[0]) == pytest.approx(float(one[0]), rel=1e-5)
 
@@ -173,10 +173,11 @@ def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, 
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)[: 32 * 20 + 1 + tail]
     tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
-    cpu = torch.device("cpu")
-    whole = train_gpt.validation_sums(trained_looking_model, tokens[: 32 * 20 + 1], tables, seq_len, 5, 0, 1, cpu)
-    sliding = sum(train_gpt.validation_sums(trained_looking_model, tokens, tables, seq_len, 5, r, world_size, cpu,
-                                            stride) for r in range(world_size))
+    whole = train_gpt.validation_sums(cpu_run(), trained_looking_model,
+                                      train_gpt.Validation(tokens[: 32 * 20 + 1], tables, seq_len, 5), 0, None)
+    sliding = sum(train_gpt.validation_sums(cpu_run(r, world_size), trained_looking_model,
+                                            train_gpt.Validation(tokens, tables, seq_len, 5), stride, None)
+                  for r in range(world_size))
     # Sliding windows score every target, the tail after the last whole sequence included.
     assert sliding[1] == tokens.size - 1 == whole[1] + tail
     tail_ids = torch.from_numpy(tokens[tokens.size - 1 - tail:].astype(np.int64))  # the tail and the token before it

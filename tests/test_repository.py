@@ -10,7 +10,7 @@ from conftest import ROOT, readme_block
 
 def test_ci_runs_the_readme_test_command():
     test_command = readme_block("test-command")
-    assert test_command.endswith("&& python3 -m pytest -q tests") and "\n" not in test_command
+    assert test_command.endswith("&& python3 -m pytest -q tests --slow")  # both layers and "\n" not in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
     for requirements in re.findall(r"-r (\S+)", test_command):
         assert (ROOT / requirements).is_file(), requirements

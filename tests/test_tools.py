@@ -36,6 +36,7 @@ def requantize(cwd, raw, out, **settings) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_path, tmp_path):
     cwd, _ = first_run
     raw = cwd / "artifacts" / "first_model.pt"
@@ -64,6 +65,7 @@ def artifact_object(path) -> dict:
     return torch.load(io.BytesIO(lzma.decompress(path.read_bytes())))
 
 
+@pytest.mark.slow
 def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run, dataset, tokenizer_path, tmp_path):
     cwd, _ = first_run
     raw = cwd / "artifacts" / "first_model.pt"
@@ -104,6 +106,7 @@ def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.ptz").exists()
 
 
+@pytest.mark.slow
 def test_benchmark_runs_the_training_step_on_synthetic_tokens(tmp_path):
     env = dict(COMPILE="0", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", VOCAB_SIZE="512",
                TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="1024", VAL_BATCH_SIZE="4096", WARMUP_STEPS="1",
@@ -226,6 +229,7 @@ def test_predict_size_extends_bytes_against_log_tokens(tmp_path, capsys):
         records.main(["predict-size", "--factor", "4", str(tmp_path / "s100.txt"), str(tmp_path / "s100.txt")])
 
 
+@pytest.mark.slow
 def test_summarize_real_runs_and_lists_broken_ones(first_run, tmp_path, capsys):
     cwd, _ = first_run
     log = cwd / "logs" / "first.txt"
@@ -252,6 +256,7 @@ def test_committed_gpu_logs_parse():
     assert (ttt.state, ttt.roundtrip_val_bpb, ttt.eval_time_ms) == ("eval-only", 1.40433498, 21433.0)
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(first_run, tmp_path):
     pytest.importorskip("matplotlib", reason="plot needs matplotlib")
     cwd, _ = first_run

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import train_gpt
-from conftest import ROOT, VOCAB_SIZE, run_train, tiny_env
+from conftest import ROOT, VOCAB_SIZE, cpu_run, run_train, tiny_env
 
 sys.path.insert(0, str(ROOT / "tools"))
 import records  # noqa: E402
@@ -46,8 +46,8 @@ def record(n_targets, seq_len, stride, chunk, epochs, rank=0, world_size=1):
     tokens = np.arange(n_targets + 1, dtype=np.uint16)
     model = PositionRecorder()
     ttt = train_gpt.ScoreFirstTTT(model.parameters(), epochs, 0.1, chunk)
-    sums = train_gpt.validation_sums(model, tokens, one_byte_each(n_targets + 1), seq_len, 3, rank, world_size, CPU,
-                                     stride, ttt)
+    val = train_gpt.Validation(tokens, one_byte_each(n_targets + 1), seq_len, 3)
+    sums = train_gpt.validation_sums(cpu_run(rank, world_size), model, val, stride, ttt)
     return model.events, sums, ttt
 
 
@@ -123,7 +123,8 @@ def random_model():
 def sums_with(model, tokens, epochs, lr):
     model = copy.deepcopy(model)  # TTT trains it
     ttt = train_gpt.ScoreFirstTTT(model.parameters(), epochs, lr, 128) if epochs else None
-    return train_gpt.validation_sums(model, tokens, one_byte_each(VOCAB_SIZE), 32, 5, 0, 1, CPU, 12, ttt)
+    return train_gpt.validation_sums(cpu_run(), model, train_gpt.Validation(tokens, one_byte_each(VOCAB_SIZE), 32, 5),
+                                     12, ttt)
 
 
 def test_no_learning_rate_gives_the_plain_score_and_a_repeating_text_is_learned(random_model):
@@ -144,6 +145,7 @@ TTT_ENV = dict(EVAL_STRIDE="32", TTT_EPOCHS="1", TTT_LR="0.02", TTT_CHUNK_TOKENS
 FINAL = r"^final_int8_zlib_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)$"
 
 
+@pytest.mark.slow
 def test_a_run_with_ttt_logs_it_and_rescores_to_the_same_number(dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, RUN_ID="ttt", ITERATIONS="4", WARMUP_STEPS="1", **TTT_ENV)
     run = run_train(tmp_path, env)
@@ -165,6 +167,7 @@ def test_a_run_with_ttt_logs_it_and_rescores_to_the_same_number(dataset, tokeniz
     assert re.findall(FINAL, again.stdout, re.M) == [bpb], "the same bytes, data and training give the same score"
 
 
+@pytest.mark.slow
 def test_two_processes_score_with_ttt_as_one_does(first_run, dataset, tokenizer_path, tmp_path):
     env = tiny_env(dataset, tokenizer_path, EVAL_ARTIFACT=str(first_run[0] / "artifacts" / "first_model.int8.ptz"),
                    OMP_NUM_THREADS="1", **TTT_ENV)

@@ -60,22 +60,14 @@ def main() -> None:
     steps = int(os.environ.get("BENCH_STEPS", "20"))
     peak_tflops = float(os.environ.get("BENCH_PEAK_TFLOPS", "790"))
     profile_path = os.environ.get("BENCH_PROFILE", "")
-    distributed, rank, world_size, local_rank = tg.process_layout(os.environ)
-    grad_accum_steps = 8 // world_size
-    tg.check_shapes(args, world_size, grad_accum_steps)
-    device = tg.setup_device(local_rank)
-    args.sdpa_backend, _ = tg.select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
-                                               args.model_dim // args.num_heads)
-    if distributed:
-        tg.init_process_group(device)
-    run = tg.Run(args, rank, world_size, grad_accum_steps, distributed, device, tg.RunLog(None))
-    base_model, model, optimizers, _ = tg.build_training(run)
-    base_model.looped = args.recur_layers > 0  # the heavier step, after the recurrence switches on
-    loader = SyntheticLoader(args.vocab_size, rank, world_size, device)
+    run = tg.setup_run(args, os.environ)
+    training = tg.build_training(run)
+    training.base_model.looped = args.recur_layers > 0  # the heavier step, after the recurrence switches on
+    loader = SyntheticLoader(args.vocab_size, run.rank, run.world_size, run.device)
 
     def step() -> None:
-        tg.forward_backward(run, model, loader)
-        tg.optimizer_step(optimizers, base_model, 1.0, args.grad_clip_norm)
+        tg.forward_backward(run, training.model, loader)
+        tg.optimizer_step(run, training, 1.0)
 
     t0 = time.perf_counter()
     for _ in range(max(args.warmup_steps, 1)):
@@ -93,22 +85,22 @@ def main() -> None:
             for _ in range(3):
                 step()
             run.sync()
-    if rank == 0:
+    if run.rank == 0:
         step_ms = statistics.median(times_ms)
         tokens_per_s = args.train_batch_tokens / (step_ms / 1000)
         model_tflops = flops_per_token(args) * tokens_per_s / 1e12
-        name = torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+        name = torch.cuda.get_device_name(run.device).replace(" ", "_") if run.device.type == "cuda" else "cpu"
         print(f"benchmark: step_avg:{step_ms:.2f}ms tokens_per_s:{tokens_per_s:.0f} "
-              f"model_tflops_per_s:{model_tflops:.1f} mfu:{model_tflops / (peak_tflops * world_size):.3f} "
+              f"model_tflops_per_s:{model_tflops:.1f} mfu:{model_tflops / (peak_tflops * run.world_size):.3f} "
               f"step_min:{min(times_ms):.2f}ms step_max:{max(times_ms):.2f}ms steps:{steps} "
-              f"warmup_s:{warmup_s:.1f} world_size:{world_size} hardware:{name} sdpa_backend:{args.sdpa_backend} "
-              f"peak_alloc_mib:{torch.cuda.max_memory_allocated() // 2**20 if device.type == 'cuda' else 0}",
+              f"warmup_s:{warmup_s:.1f} world_size:{run.world_size} hardware:{name} sdpa_backend:{args.sdpa_backend} "
+              f"peak_alloc_mib:{torch.cuda.max_memory_allocated() // 2**20 if run.device.type == 'cuda' else 0}",
               flush=True)
         if profile_path:
             prof.export_chrome_trace(profile_path)
-            sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            sort_key = "self_cuda_time_total" if run.device.type == "cuda" else "self_cpu_time_total"
             print(prof.key_averages().table(sort_by=sort_key, row_limit=25, max_name_column_width=60))
-    if distributed:
+    if run.distributed:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -34,9 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
-GRAD_ACCUM_STEPS = 8  # train_gpt.py's micro-steps per batch in one process (8 // WORLD_SIZE)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise tg.ConfigError("usage: tools/requantize.py RAW_WEIGHTS.pt OUT.ptz (settings from QUANT_BITS, "
@@ -45,13 +42,13 @@ def main(argv: list[str]) -> None:
     if out.exists():
         raise tg.ConfigError(f"{out} already exists; name another output file")
     args = tg.Hyperparameters({**os.environ, "TTT_EPOCHS": "0"})  # no evaluation here, so no TTT chunk rule
-    tg.check_shapes(args, world_size=1, grad_accum_steps=GRAD_ACCUM_STEPS)  # the export settings are checked there
+    run = tg.setup_run(args, {})  # one process; the export settings are checked there
     try:
         state = torch.load(raw, map_location="cpu")
     except Exception as e:
         raise tg.ConfigError(f"cannot read weights {raw} ({tg.first_line(e)}); point at the "
                              f"artifacts/<RUN_ID>_model.pt a run wrote") from None
-    obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, gptq_hessians(args, state, raw),
+    obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, gptq_hessians(run, state, raw),
                                     args.gptq_damp)
     blob, _ = tg.serialize_artifact(obj, args.compressor)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,16 +60,15 @@ def main(argv: list[str]) -> None:
           f"fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
 
 
-def gptq_hessians(args: tg.Hyperparameters, state: dict, raw: Path) -> dict | None:
+def gptq_hessians(run: tg.Run, state: dict, raw: Path) -> dict | None:
     """With QUANT_GPTQ=1, train_gpt.py's calibration of these weights on DATA_PATH's training shards."""
-    if not args.quant_gptq:
+    if not run.args.quant_gptq:
         return None
-    train_files, _ = tg.find_shards(args.data_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = tg.build_model(args, device)
+    train_files, _ = tg.find_shards(run.args.data_path)
+    model = tg.build_model(run.args, run.device)
     tg.load_weights(model, state, str(raw))
-    loader = tg.DistributedTokenLoader(train_files, args.vocab_size, 0, 1, device)
-    return tg.collect_hessians(model, loader, args, grad_accum_steps=GRAD_ACCUM_STEPS)
+    loader = tg.DistributedTokenLoader(train_files, run.args.vocab_size, 0, 1, run.device)
+    return tg.collect_hessians(model, loader, run.args, run.grad_accum_steps)
 
 
 if __name__ == "__main__":
