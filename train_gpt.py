@@ -127,8 +127,8 @@ class Hyperparameters:
     beta2 = 0.95
     adam_eps = 1e-8
     grad_clip_norm = 0.0  # 0: off
-    muon_weight_decay = 0.0  # decoupled: each Muon matrix shrinks by lr * this per step
-    muon_row_norm = False  # MuonEq-R: each row of the momentum update scaled to unit norm before Newton-Schulz
+    muon_weight_decay = 0.04  # decoupled: each Muon matrix shrinks by lr * this per step (the seed: 0)
+    muon_row_norm = True  # MuonEq-R: each row of the momentum update at unit norm before Newton-Schulz (seed: 0)
     ema_horizon_frac = 0.0  # > 0: export an EMA of the weights, its horizon this fraction of the budget (records 0.067)
 
     # Export.

@@ -341,3 +341,16 @@ def test_proxy_refuses_an_incomplete_corpus_or_a_bad_call_in_one_line(tmp_path):
         run = proxy(tmp_path, *args, corpus=corpus)
         assert run.returncode == 2 and run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
         assert run.stdout == "" and not (tmp_path / "results").exists()  # refused before any work
+
+
+def test_compare_gives_paired_differences_and_their_mean(tmp_path, capsys):
+    for name, seed, bpb, total in (("a1", 1, 1.30, 15_000_000), ("b1", 1, 1.28, 15_010_000),
+                                   ("a2", 2, 1.31, 15_000_000), ("b2", 2, 1.30, 15_030_000)):
+        write_log(tmp_path / f"{name}.txt", seed, bpb * math.log(2) / TPB, bpb, total=total)
+    assert records.main(["compare", *(str(tmp_path / f"{n}.txt") for n in ("a1", "b1", "a2", "b2"))]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2] == "| a1 | b1 | +0.0000 | -0.02000 | +10,000 | +0.00 |"  # pre-quant: the same line in both
+    assert rows[3] == "| a2 | b2 | +0.0000 | -0.01000 | +30,000 | +0.00 |"
+    assert rows[4] == "| mean of 2 | | +0.0000 | -0.01500 | +20,000 | +0.00 |"
+    with pytest.raises(SystemExit, match="pairs of logs"):
+        records.main(["compare", str(tmp_path / "a1.txt")])

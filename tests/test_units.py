@@ -574,10 +574,10 @@ def test_seed_model_shape_dtypes_and_optimizer_routing():
     assert len(muon.param_groups[0]["params"]) == 54  # 6 matrices in each of 9 blocks
     assert [g["lr"] for o in optimizers for g in o.param_groups] == [0.03, 0.02, 0.02]
     assert all("base_lr" in g for o in optimizers for g in o.param_groups)
-    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.0, False)
-    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024", MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1"))
+    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.04, True)  # defaults
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024", MUON_WEIGHT_DECAY="0", MUON_ROW_NORM="0"))  # the seed's
     _, muon = train_gpt.build_optimizers(model, args, 0, 1)
-    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.04, True)
+    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.0, False)
 
 
 def test_rotary_angles_are_float32_and_positions_exact():

@@ -326,6 +326,29 @@ def cmd_predict_size(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Paired differences, OTHER minus BASE, for logs given as BASE OTHER [BASE OTHER ...] (the same
+    seed in each pair), then their mean: what a queue's README reports for a switch."""
+    if len(args.logs) % 2:
+        raise SystemExit("error: compare takes pairs of logs: BASE OTHER [BASE OTHER ...]")
+    runs = complete_runs(args.logs)
+    fields = [("pre-quant val_bpb", "val_bpb", ".4f"), ("final val_bpb", "roundtrip_val_bpb", ".5f"),
+              ("artifact bytes", "artifact_bytes", ",.0f"), ("step_avg ms", "step_avg_ms", ".2f")]
+    print("| base | other | " + " | ".join(f"Δ {name}" for name, _, _ in fields) + " |")
+    print("|" + "---|" * (2 + len(fields)))
+    deltas = []
+    for base, other in zip(runs[::2], runs[1::2]):
+        pair = [None if getattr(base, k) is None or getattr(other, k) is None else getattr(other, k) - getattr(base, k)
+                for _, k, _ in fields]
+        deltas.append(pair)
+        print(f"| {base.run_id} | {other.run_id} | " + " | ".join(fmt(d, "+" + f) for d, (_, _, f) in zip(pair, fields))
+              + " |")
+    means = [[d[i] for d in deltas if d[i] is not None] for i in range(len(fields))]
+    print(f"| mean of {len(deltas)} | | " + " | ".join(fmt(sum(m) / len(m) if m else None, "+" + f)
+                                                     for m, (_, _, f) in zip(means, fields)) + " |")
+    return 0
+
+
 def cmd_plot(args) -> int:
     try:
         import matplotlib
@@ -373,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument(name, required=True)
     s.add_argument("--date", help="ISO 8601 UTC; default: now")
     s.set_defaults(func=cmd_submission)
+    s = sub.add_parser("compare", help="paired differences of runs, OTHER minus BASE, and their mean")
+    s.add_argument("logs", nargs="+", type=Path, help="BASE OTHER [BASE OTHER ...]")
+    s.set_defaults(func=cmd_compare)
     s = sub.add_parser("plot", help="train loss and val_bpb against step and time, one PNG")
     s.add_argument("logs", nargs="+", type=Path)
     s.add_argument("--out", type=Path, required=True)

@@ -7,6 +7,7 @@
 # /tmp/q/done. Each part has its own defaults run: step times differ 1-2.5% between machines.
 # Part 1 (issue "Benchmark v2", item 3): MuonEq-R with weight decay 0.04 against the defaults, P180v2,
 #   seeds 1337 and 1338, TTT and the held-back score included: the defaults change if both agree.
+#   Ran in session 9 at 2383593 (results/v2_rown_wd/): both agreed, so from then on "def" includes them.
 # Parts 2-3 (issue "Defaults for the record run"): each record switch alone, P180v2 seed 1337, a
 #   screen for breakage (scored without TTT or sliding windows, no held-back score: ~240 s a run).
 #   The larger models export int6 by GPTQ at the records' 12.85 sigma to fit 16 MB.
