@@ -38,6 +38,23 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "slow" not in item.keywords]
 
 
+SMALL_MODEL = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2")
+
+
+def quantize(state, bits=8, clip_sigmas=6.0, hessians=None, damp=0.01):
+    """train_gpt.quantize_state_dict with the seed's int8 unless told otherwise."""
+    import train_gpt
+    return train_gpt.quantize_state_dict(state, bits, clip_sigmas, hessians, damp)
+
+
+def leave_gloo() -> None:
+    """Ends a spawned rank without gloo's teardown, which now and then aborts the exiting process
+    after all its work is done (pytorch/pytorch#179291): a barrier, then a plain exit."""
+    import torch.distributed as dist
+    dist.barrier()
+    os._exit(0)
+
+
 def cpu_run(rank: int = 0, world_size: int = 1, env: dict[str, str] | None = None):
     """train_gpt.Run for one rank of world_size on the CPU, with no process group: tests that need the
     ranks' total add up each rank's sums themselves."""

@@ -1,0 +1,296 @@
+"""The export: int8 rows as the seed writes them, intN rows with a std clip, GPTQ, the artifact's
+compressors and loading."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_gpt
+from conftest import quantize
+
+
+def test_quantize_round_trip_exactness_error_bound_and_sizes():
+    torch.manual_seed(0)
+    w = torch.randn(300, 400) * 0.05
+    w[3, 7] = 40.0  # an outlier: at 400 values a row's 99.99984th percentile is nearly its maximum
+    state = {
+        "big": w, "big_bf16": (torch.randn(256, 300) * 0.3).bfloat16(),
+        "vector_big": torch.randn(70_000) * 2.0,
+        "small": torch.randn(64, 64), "small_bf16": torch.randn(100).bfloat16(),
+        "blocks.0.attn_scale": torch.randn(512), "blocks.0.resid_mix": torch.randn(2, 512),
+        "step_count": torch.tensor([3, 4], dtype=torch.int64),
+    }
+    obj, stats = quantize(state)
+    blob, torch_bytes = train_gpt.serialize_artifact(obj, "zlib")
+    back = train_gpt.dequantize_state_dict(torch.load(io.BytesIO(zlib.decompress(blob))))
+    assert set(back) == set(state) and all(back[k].dtype == state[k].dtype for k in state)
+    # kept tensors: control tensors and integers bit-exact, the rest through fp16 exactly
+    for name in ("blocks.0.attn_scale", "blocks.0.resid_mix", "step_count", "small_bf16"):
+        assert torch.equal(back[name], state[name]), name
+    assert torch.equal(back["small"], state["small"].half().float())
+    # int8 rows: within half a step of the clipped weight, plus the fp16 rounding of the scale and,
+    # for a bf16 tensor, the final cast back to bf16
+    for name in ("big", "big_bf16"):
+        t = state[name].float()
+        clip = torch.quantile(t.abs(), 99.99984 / 100, dim=1)
+        scale32 = (clip / 127).clamp_min(1 / 127)
+        scale16 = obj["scales"][name].float()
+        assert obj["quantized"][name].dtype == torch.int8 and obj["scales"][name].shape == (t.shape[0],)
+        bound = (scale32 / 2 + 127 * (scale16 - scale32).abs() + 1e-7)[:, None]
+        if state[name].dtype == torch.bfloat16:
+            bound = bound + back[name].float().abs() * 2 ** -8
+        err = (back[name].float() - torch.clamp(t, -clip[:, None], clip[:, None])).abs()
+        assert (err <= bound).all(), name
+    assert abs(back["big"][3, 7] - 40.0) < 0.2 and obj["scales"]["big"][0] == torch.tensor(1 / 127).half()
+    err = (back["vector_big"] - state["vector_big"]).abs().max()
+    assert err <= float(obj["scales"]["vector_big"]) / 2 + 1e-6 and obj["scales"]["vector_big"].ndim == 0
+    expected_payload = (300 * 400 + 2 * 300) + (256 * 300 + 2 * 256) + (70_000 + 4) + 64 * 64 * 2 + 100 * 2 \
+        + 512 * 4 + 1024 * 4 + 16
+    assert stats["payload_bytes"] == expected_payload
+    assert stats["tensor_bytes"] == sum(t.numel() * t.element_size() for t in state.values())
+    assert torch_bytes > stats["payload_bytes"] and len(blob) < torch_bytes
+
+
+def test_model_round_trips_through_an_artifact_file(tmp_path):
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="160", NUM_HEADS="4", NUM_KV_HEADS="2")
+    model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
+    path = tmp_path / "m.int8.ptz"
+    path.write_bytes(train_gpt.serialize_artifact(quantize(model.state_dict())[0], "zlib")[0])
+    fresh = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SEED="2")), torch.device("cpu"))
+    train_gpt.load_weights(fresh, train_gpt.load_artifact(str(path))[0], str(path))
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert a.dtype == b.dtype and (a.float() - b.float()).abs().max() <= 1 / 127, name
+    wider = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, MLP_MULT="3")), torch.device("cpu"))
+    with pytest.raises(train_gpt.ConfigError, match="has shape"):
+        train_gpt.load_weights(wider, train_gpt.load_artifact(str(path))[0], str(path))
+
+
+def export_state() -> dict[str, torch.Tensor]:
+    """A small state with one tensor of each export path: the tied embedding, block matrices
+    (fp32 and bf16), a matrix small enough to stay fp16, a control tensor and a big vector."""
+    torch.manual_seed(0)
+    return {"tok_emb.weight": torch.randn(512, 160) * 0.02, "blocks.0.mlp.fc.weight": torch.randn(480, 160) * 0.05,
+            "blocks.0.mlp.proj.weight": (torch.randn(160, 480) * 0.05).bfloat16(),
+            "blocks.0.attn.c_q.weight": torch.randn(160, 160), "blocks.0.attn_scale": torch.randn(160),
+            "vector_big": torch.randn(70_000)}
+
+
+def published_int8_export(state: dict[str, torch.Tensor]) -> dict:
+    """SPEC.md's export ("Export and the roundtrip"), as the published script writes its dict."""
+    obj = dict(__quant_format__="int8_clean_per_row_v1", quantized={}, scales={}, dtypes={}, passthrough={},
+               qmeta={}, passthrough_orig_dtypes={})
+    for name, t in state.items():
+        if t.numel() <= 65_536:  # kept: control tensors as float32, others as float16
+            control = any(p in name for p in ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight"))
+            if not control:
+                obj["passthrough_orig_dtypes"][name] = str(t.dtype).removeprefix("torch.")
+            obj["passthrough"][name] = t.float() if control else t.half()
+            continue
+        w, q_max = t.float(), 127
+        if w.ndim == 2:  # per row: clip at the 99.99984th percentile of |w|, scale clip/127, at least 1/127
+            clip = torch.quantile(w.abs(), 0.9999984, dim=1)
+            scale = (clip / q_max).clamp_min(1 / q_max)
+            q = torch.round(torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None]) / scale[:, None])
+            obj["scales"][name], obj["qmeta"][name] = scale.half(), dict(scheme="per_row", axis=0)
+        else:  # one scale for the tensor
+            clip = float(torch.quantile(w.abs().flatten(), 0.9999984))
+            scale = torch.tensor(clip / q_max if clip > 0 else 1.0)
+            q = torch.round(w.clamp(-clip, clip) / scale)
+            obj["scales"][name] = scale
+        obj["quantized"][name] = q.clamp(-q_max, q_max).to(torch.int8)
+        obj["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+    return obj
+
+
+def test_seed_export_is_the_published_scripts_tensor_by_tensor(tmp_path):
+    """QUANT_BITS=8 with zlib writes the published script's dict, every tensor equal in dtype and value,
+    and the artifact is that dict through torch.save and zlib level 9."""
+    state = export_state()
+    obj = quantize(state, bits=8, clip_sigmas=1.0)[0]  # sigmas: only below 8 bits
+    want = published_int8_export(state)
+    assert obj.keys() == want.keys()
+    for part in ("quantized", "scales", "passthrough"):
+        assert obj[part].keys() == want[part].keys(), part
+        for name, t in want[part].items():
+            assert obj[part][name].dtype == t.dtype and torch.equal(obj[part][name], t), (part, name)
+    for part in ("dtypes", "qmeta", "passthrough_orig_dtypes", "__quant_format__"):
+        assert obj[part] == want[part], part
+    blob = train_gpt.serialize_artifact(obj, "zlib")[0]
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    assert zlib.decompress(blob) == buf.getvalue() and blob == zlib.compress(buf.getvalue(), 9)
+    (tmp_path / "seed.int8.ptz").write_bytes(blob)
+    assert train_gpt.load_artifact(str(tmp_path / "seed.int8.ptz"))[1:] == (8, "zlib")
+
+
+@pytest.mark.parametrize("bits, sigmas", [(6, 12.85), (5, 2.0), (7, 3.0)])
+def test_intn_rows_clip_at_sigmas_and_round_within_half_a_step(bits, sigmas):
+    state, levels = export_state(), 2 ** (bits - 1) - 1
+    state["blocks.0.mlp.fc.weight"][5] = 0.0
+    obj = quantize(state, bits=bits, clip_sigmas=sigmas)[0]
+    back = train_gpt.dequantize_state_dict(obj)
+    for name in ("blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"):
+        t, q, scale16 = state[name].float(), obj["quantized"][name], obj["scales"][name].float()
+        assert obj["qmeta"][name] == dict(scheme="per_row", axis=0, bits=bits) and q.dtype == torch.int8
+        assert q.abs().max() <= levels and back[name].dtype == state[name].dtype
+        clip = sigmas * torch.from_numpy(t.double().numpy().std(axis=1)).float()  # population std
+        scale32 = clip / levels
+        rows = clip > 0
+        assert torch.allclose(scale16[rows], scale32[rows], rtol=1e-3)  # an unbiased std would be 0.3% off
+        clipped = torch.maximum(torch.minimum(t, clip[:, None]), -clip[:, None])
+        bound = (scale16 / 2 + levels * (scale16 - scale32).abs() + 1e-7)[:, None]
+        if state[name].dtype == torch.bfloat16:
+            bound = bound + back[name].float().abs() * 2 ** -8
+        assert ((back[name].float() - clipped).abs() <= bound)[rows].all(), name
+        assert (q[rows][t[rows].abs() >= clip[rows, None]].abs() == levels).all(), "beyond the clip: the last level"
+        if sigmas < 3.5:
+            assert (q.abs() == levels).any(), "a clip inside the rows' range uses the outer levels"
+    fc = "blocks.0.mlp.fc.weight"
+    assert obj["scales"][fc][5] > 0 and not obj["quantized"][fc][5].any() and not back[fc][5].any(), "zero row"
+    # A row so small that its fp16 scale (1.4 subnormal steps) rounds down to one step keeps to the levels.
+    tiny = 1.4 * 2 ** -24 * levels
+    q, scale = train_gpt.quantize_rows_nearest(torch.tensor([[tiny, -tiny] * 4]), bits, clip_sigmas=1.0)
+    assert scale.item() == 2 ** -24 and q.abs().max() == levels
+    # The tied embedding keeps the seed's int8 quantile path; the rest is exported as at 8 bits.
+    q8, scale8 = train_gpt.quantize_tensor(state["tok_emb.weight"])
+    assert torch.equal(obj["quantized"]["tok_emb.weight"], q8) and torch.equal(obj["scales"]["tok_emb.weight"], scale8)
+    assert obj["qmeta"]["tok_emb.weight"] == dict(scheme="per_row", axis=0)
+    seed = quantize(state)[0]
+    assert torch.equal(obj["quantized"]["vector_big"], seed["quantized"]["vector_big"])
+    assert obj["passthrough"].keys() == seed["passthrough"].keys() == {"blocks.0.attn.c_q.weight",
+                                                                       "blocks.0.attn_scale"}
+
+
+def dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+@pytest.mark.parametrize("bits", [5, 6, 7])
+def test_gptq_keeps_the_layer_output_closer_than_rounding_to_nearest(bits):
+    """Correlated inputs, as a layer sees them: GPTQ on the same grid (the same fp16 scales and
+    levels, so the same format) gives a smaller output error X (W - Wq)^T."""
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(4096, 192, generator=gen) @ torch.randn(192, 192, generator=gen)
+    x = x * torch.rand(192, generator=gen) * 3  # inputs of unequal energy, as after a norm's gains
+    w = torch.randn(160, 192, generator=gen) * 0.05
+    q_rtn, s_rtn = train_gpt.quantize_rows_nearest(w, bits, 6.0)
+    q, scale = train_gpt.quantize_rows_gptq(w, x.T @ x, bits, 6.0, damp=0.01)
+    assert torch.equal(scale, s_rtn) and q.dtype == torch.int8 and q.shape == w.shape
+    assert q.abs().max() <= 2 ** (bits - 1) - 1
+    err_rtn = torch.linalg.norm(x @ (w - dequantized(q_rtn, s_rtn)).T)
+    err = torch.linalg.norm(x @ (w - dequantized(q, scale)).T)
+    assert err < 0.7 * err_rtn, (err, err_rtn)
+    assert not torch.equal(q, q_rtn) and (q.float() - q_rtn.float()).abs().mean() < 1, "a nearby grid point"
+
+
+def test_gptq_without_input_correlation_is_rounding_to_nearest():
+    """A diagonal H (uncorrelated inputs; damping keeps it diagonal) gives no error anything to move
+    onto: exactly round-to-nearest, whatever the inputs' energies, even with no input ever nonzero
+    (H = 0, which damping alone cannot make invertible)."""
+    torch.manual_seed(0)
+    w = torch.randn(96, 300) * 0.05
+    w[:, 7] = 1.0  # beyond the clip: the outer level, as round-to-nearest
+    q_rtn, s_rtn = train_gpt.quantize_rows_nearest(w, 6, 6.0)
+    energies = torch.rand(300)
+    energies[11] = 0.0
+    for hessian in (torch.eye(300), torch.diag(energies), torch.zeros(300, 300)):
+        q, scale = train_gpt.quantize_rows_gptq(w, hessian, 6, 6.0, damp=0.01)
+        assert torch.equal(q, q_rtn) and torch.equal(scale, s_rtn)
+
+
+def test_gptq_column_order_follows_the_inputs_and_is_undone():
+    """Act-order: columns go by falling diag H, so permuting the inputs (columns of W, rows and
+    columns of H) permutes the result and nothing else."""
+    torch.manual_seed(1)
+    x = torch.randn(2048, 160) @ torch.randn(160, 160) * torch.rand(160)
+    w = torch.randn(64, 160) * 0.05
+    perm = torch.randperm(160)
+    q = train_gpt.quantize_rows_gptq(w, x.T @ x, 6, 6.0, 0.01)[0]
+    q_perm = train_gpt.quantize_rows_gptq(w[:, perm], (x.T @ x)[perm][:, perm], 6, 6.0, 0.01)[0]
+    assert torch.equal(q[:, perm], q_perm)
+
+
+def test_export_rounds_by_gptq_only_the_intn_matrices_with_a_hessian():
+    state = export_state()
+    fc, proj = "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"
+    x = torch.randn(1024, 160) @ torch.randn(160, 160)
+    hessians = {fc: x.T @ x, "tok_emb.weight": x.T @ x}  # the tied embedding stays int8 regardless
+    plain = quantize(state, bits=6, clip_sigmas=6.0)[0]
+    gptq = quantize(state, bits=6, clip_sigmas=6.0, hessians=hessians, damp=0.01)[0]
+    expected = train_gpt.quantize_rows_gptq(state[fc], hessians[fc], 6, 6.0, 0.01)[0]
+    assert torch.equal(gptq["quantized"][fc], expected) and not torch.equal(expected, plain["quantized"][fc])
+    for name in state:
+        assert torch.equal(gptq["scales"].get(name, torch.tensor(0)), plain["scales"].get(name, torch.tensor(0)))
+        if name != fc:
+            assert torch.equal(gptq["quantized"].get(name, torch.tensor(0)), plain["quantized"].get(name, torch.tensor(0)))
+    assert gptq["qmeta"] == plain["qmeta"] and gptq.keys() == plain.keys(), "one format: the loader needs no change"
+    assert plain["quantized"][proj].shape == state[proj].shape
+
+
+class RecordingLoader:
+    """Hands out fixed token batches and remembers each request."""
+
+    def __init__(self, batches: list[torch.Tensor]):
+        self.batches, self.requests = iter(batches), []
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        self.requests.append((global_tokens, seq_len, grad_accum_steps))
+        x = next(self.batches)
+        return x, x
+
+
+def test_hessians_sum_every_linear_input_over_the_calibration_batches():
+    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4",
+                                          NUM_KV_HEADS="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512",
+                                          GPTQ_CALIB_BATCHES="3", TIE_EMBEDDINGS="0"))
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    batches = [torch.randint(0, 512, (1, 32)) for _ in range(3 * 2)]
+    loader = RecordingLoader(batches)
+    hessians = train_gpt.collect_hessians(model, loader, args, grad_accum_steps=2)
+    assert loader.requests == [(512, 32, 2)] * 6, "training batches, read as a training step reads them"
+    linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, train_gpt.CastedLinear)}
+    assert set(hessians) == linears and "lm_head.weight" in linears and len(linears) == 2 * 6 + 1
+    assert not any(m._forward_pre_hooks for m in model.modules()), "the hooks are gone"
+    # The first layer's attention reads the normed embedding (resid_mix starts at (1, 0)).
+    inputs = torch.cat([F.rms_norm(F.rms_norm(model.tok_emb(x).float(), (64,)), (64,))[0] for x in batches])
+    torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], inputs.T @ inputs, rtol=0.02, atol=0.5)
+    assert torch.equal(hessians["blocks.0.attn.c_q.weight"], hessians["blocks.0.attn.c_v.weight"])
+    assert hessians["blocks.0.mlp.proj.weight"].shape == (128, 128) and hessians["blocks.0.mlp.proj.weight"].dtype == torch.float32
+
+
+def test_lzma_and_zlib_artifacts_load_alike_and_say_how_they_were_made(tmp_path):
+    obj = quantize(export_state(), bits=6)[0]
+    loaded = {}
+    for compressor, magic in (("zlib", b"\x78"), ("lzma", b"\xfd7zXZ\x00")):
+        blob, raw_bytes = train_gpt.serialize_artifact(obj, compressor)
+        assert blob.startswith(magic)
+        path = tmp_path / f"{compressor}.int6.ptz"
+        path.write_bytes(blob)
+        state, bits, found = train_gpt.load_artifact(str(path))
+        assert (bits, found) == (6, compressor)
+        loaded[compressor] = state, len(blob), raw_bytes
+    (a, zlib_bytes, raw_a), (b, lzma_bytes, raw_b) = loaded["zlib"], loaded["lzma"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], v) for k, v in train_gpt.dequantize_state_dict(obj).items())
+    assert raw_a == raw_b and lzma_bytes < zlib_bytes
+
+
+def test_an_artifact_says_its_bit_width_even_without_big_matrices(tmp_path):
+    small = {"w": torch.randn(64, 64), "v": torch.randn(64)}  # nothing above KEEP_FLOAT_MAX_NUMEL
+    path = tmp_path / "small.int6.ptz"
+    path.write_bytes(train_gpt.serialize_artifact(quantize(small, bits=6)[0], "lzma")[0])
+    assert train_gpt.load_artifact(str(path))[1:] == (6, "lzma")
+
+
+def test_export_names_follow_the_settings():
+    seed = train_gpt.Hyperparameters(dict(QUANT_BITS="8", COMPRESSOR="zlib"))
+    int6 = train_gpt.Hyperparameters(dict(QUANT_BITS="6", COMPRESSOR="lzma"))
+    assert train_gpt.export_label(seed) == "int8+zlib" and train_gpt.export_label(int6) == "int6+lzma"
+    assert train_gpt.run_paths("r", 8)["artifact"] == Path("artifacts") / "r_model.int8.ptz"
+    assert train_gpt.run_paths("r", 6)["artifact"] == Path("artifacts") / "r_model.int6.ptz"
