@@ -354,3 +354,18 @@ def test_compare_gives_paired_differences_and_their_mean(tmp_path, capsys):
     assert rows[4] == "| mean of 2 | | +0.0000 | -0.01500 | +20,000 | +0.00 |"
     with pytest.raises(SystemExit, match="pairs of logs"):
         records.main(["compare", str(tmp_path / "a1.txt")])
+
+
+def test_estimate_scales_a_one_gpu_run_to_the_record_run(tmp_path, capsys):
+    log = tmp_path / "p600.txt"
+    write_log(log, 1337, 3.0, 1.25, steps=1900)
+    text = log.read_text().replace("world_size:8 grad_accum_steps:1", "world_size:1 grad_accum_steps:8")
+    text = text.replace("step_avg:71.47ms", "step_avg:391.00ms").replace("eval_time:2100ms", "eval_time:40500ms")
+    log.write_text(text + "final_eval:sliding_window stride:256 context_min:3840 (after the first window) "
+                          "targets:1012500\n")
+    assert records.main(["estimate", str(log)]) == 0
+    out = capsys.readouterr().out  # 391 ms on one H200 is the seed's 71.47 ms; 40.5 s per 1/40 of the split
+    assert "8xH100 step:71.5ms steps_in_600s:8,395" in out and "-> 202s for 40,500,000 on 8 GPUs (within" in out
+    log.write_text(text.replace("world_size:1 grad_accum_steps:8", "world_size:8 grad_accum_steps:1"))
+    with pytest.raises(SystemExit, match="not a finished one-GPU training log"):
+        records.main(["estimate", str(log)])

@@ -8,6 +8,8 @@ submission.json, loss plots and the artifact-size check.
     python3 tools/records.py plot --out curves.png logs/a.txt logs/b.txt
     python3 tools/records.py size logs/a.txt            # or: size --code train_gpt.py --model x.int8.ptz
     python3 tools/records.py predict-size --factor 5.47 p60.txt p180.txt p600.txt
+    python3 tools/records.py compare base_s1.txt new_s1.txt base_s2.txt new_s2.txt
+    python3 tools/records.py estimate logs/p600.txt     # the record run on 8xH100, from a one-GPU run
 
 Reads the log lines of train_gpt.py (and of the published record script, which has the same
 shapes); summarize and plot skip other files given with them (a queue's console.txt, build logs).
@@ -51,6 +53,7 @@ class RunSummary:
     roundtrip_val_loss: float | None = None  # the score of record
     roundtrip_val_bpb: float | None = None
     eval_time_ms: float | None = None
+    scored_targets: int | None = None  # of the final score: the whole split's with sliding windows, else whole sequences
     artifact_bytes: int | None = None  # code + compressed model
     model_bytes: int | None = None
     code_bytes: int | None = None
@@ -81,6 +84,7 @@ PATTERNS = {
     "model": re.compile(rf"^Serialized model {EXPORT}: (\d+) bytes"),
     "total": re.compile(rf"^Total submission size {EXPORT}: (\d+) bytes$"),
     "eval_only": re.compile(r"^eval_artifact:"),
+    "targets": re.compile(r"^(?:val_loader:shards pattern=\S+ tokens|final_eval:sliding_window .* targets):(\d+)$"),
     "roundtrip": re.compile(rf"^final_int\d+_[a-z]+_roundtrip val_loss:{NUM} val_bpb:{NUM} eval_time:{NUM}ms$"),
     "exact": re.compile(rf"^final_int\d+_[a-z]+_roundtrip_exact val_loss:{NUM} val_bpb:{NUM}$"),
 }
@@ -132,6 +136,8 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
         s.artifact_bytes = int(g[0])
     elif name == "eval_only":
         s.state = "eval-only"
+    elif name == "targets":  # the sliding-window line comes later and wins
+        s.scored_targets = int(g[0])
     elif name == "roundtrip":
         s.eval_time_ms = float(g[2])
     elif name == "exact":
@@ -349,6 +355,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# The seed's step on 8xH100 against one H200 (SPEC.md: 71.47 ms; 391 ms measured here), and FineWeb's validation
+# split at sp8192 (the challenge's 40.5 M tokens): what a one-GPU run says of the record run.
+SEED_8XH100_MS, SEED_1XH200_MS, FINEWEB_VAL_TOKENS = 71.47, 391.0, 40_500_000
+
+
+def cmd_estimate(args) -> int:
+    """The record run from a one-GPU log: its step time scaled as the seed's step scales from one H200 to 8xH100,
+    the steps that fit in the 600 s cap, and the final score's evaluation time on FineWeb's validation split over
+    8 GPUs (the log's evaluation time per target, all of it split evenly over the GPUs)."""
+    r = complete_runs([args.log])[0]
+    if r.world_size != 1 or not r.step_avg_ms or not r.eval_time_ms or not r.scored_targets:
+        raise SystemExit(f"error: {args.log} is not a finished one-GPU training log with its step time, final "
+                         f"evaluation time and scored targets")
+    step_ms = r.step_avg_ms * SEED_8XH100_MS / SEED_1XH200_MS
+    eval_s = r.eval_time_ms / 1000 * args.val_tokens / r.scored_targets / 8
+    print(f"{r.run_id}: step_avg:{r.step_avg_ms:.2f}ms on one GPU -> 8xH100 step:{step_ms:.1f}ms "
+          f"steps_in_600s:{int(600_000 / step_ms):,} (the seed: {int(600_000 / SEED_8XH100_MS):,}); final eval "
+          f"{r.eval_time_ms / 1000:.1f}s for {r.scored_targets:,} targets -> {eval_s:.0f}s for {args.val_tokens:,} "
+          f"on 8 GPUs ({'within' if eval_s <= 600 else 'OVER'} the 600 s evaluation limit)")
+    return 0
+
+
 def cmd_plot(args) -> int:
     try:
         import matplotlib
@@ -399,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("compare", help="paired differences of runs, OTHER minus BASE, and their mean")
     s.add_argument("logs", nargs="+", type=Path, help="BASE OTHER [BASE OTHER ...]")
     s.set_defaults(func=cmd_compare)
+    s = sub.add_parser("estimate", help="the record run on 8xH100 (step, steps in 600 s, final eval time), "
+                                        "from a one-GPU log")
+    s.add_argument("log", type=Path)
+    s.add_argument("--val-tokens", type=int, default=FINEWEB_VAL_TOKENS, help="tokens of the validation split")
+    s.set_defaults(func=cmd_estimate)
     s = sub.add_parser("plot", help="train loss and val_bpb against step and time, one PNG")
     s.add_argument("logs", nargs="+", type=Path)
     s.add_argument("--out", type=Path, required=True)
