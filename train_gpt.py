@@ -1396,7 +1396,7 @@ def main() -> None:
     code = Path(__file__).read_text(encoding="utf-8")
     args = Hyperparameters()
 
-    # ---- the inputs, then the run's processes, settings and device: all checked before any work -------------
+    # ---- the inputs (files, tokenizer, artifact), then the run's processes, settings and device --------------
     artifact = args.eval_artifact or None  # set: score this artifact instead of training
     train_files, val_files = find_shards(args.data_path, need_train=not artifact)
     sp = load_tokenizer(args.tokenizer_path, args.vocab_size)
@@ -1404,7 +1404,7 @@ def main() -> None:
     if artifact:  # the log then names how the artifact was made, whatever QUANT_BITS and COMPRESSOR say
         artifact_state, args.quant_bits, args.compressor = load_artifact(artifact)
     run = setup_run(args, os.environ)
-    # Opening the stream reads the first train shard, so a bad one fails here too.
+    # Opening the stream reads the first train shard, so a bad one fails here, before any training work.
     loader = None if artifact else DistributedTokenLoader(train_files, args.vocab_size, run.rank, run.world_size,
                                                           run.device)
 
@@ -1433,7 +1433,7 @@ def main() -> None:
         seed_generator(args.seed)
 
     # ---- the metric --------------------------------------------------------------------------
-    # Each rank scores VAL_BATCH_SIZE / MICRO_BATCHES tokens at a time, as many as it trains on.
+    # A rank scores VAL_BATCH_SIZE / MICRO_BATCHES tokens a batch: on any number of GPUs, the seed's batch on 8.
     val = Validation(val_tokens, build_byte_tables(sp, args.vocab_size).to(run.device), args.train_seq_len,
                      args.val_batch_size // MICRO_BATCHES // args.train_seq_len)
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")

@@ -344,6 +344,9 @@ def cmd_compare(args) -> int:
     print("|" + "---|" * (2 + len(fields)))
     deltas = []
     for base, other in zip(runs[::2], runs[1::2]):
+        if base.seed != other.seed:
+            raise SystemExit(f"error: {base.run_id} (seed {base.seed}) and {other.run_id} (seed {other.seed}) are not "
+                             f"a pair: give BASE OTHER pairs of the same seed")
         pair = [None if getattr(base, k) is None or getattr(other, k) is None else getattr(other, k) - getattr(base, k)
                 for _, k, _ in fields]
         deltas.append(pair)
@@ -362,14 +365,14 @@ SEED_8XH100_MS, SEED_1XH200_MS, FINEWEB_VAL_TOKENS = 71.47, 391.0, 40_500_000
 
 def cmd_estimate(args) -> int:
     """The record run from a one-GPU log: its step time scaled as the seed's step scales from one H200 to 8xH100,
-    the steps that fit in the 600 s cap, and the final score's evaluation time on FineWeb's validation split over
-    8 GPUs (the log's evaluation time per target, all of it split evenly over the GPUs)."""
+    the steps that fit in the 600 s cap, and the final score's evaluation time on FineWeb's validation split, its
+    time per target scaled alike (8 H100s do 5.47 times the work of one H200, not 8 times)."""
     r = complete_runs([args.log])[0]
     if r.world_size != 1 or not r.step_avg_ms or not r.eval_time_ms or not r.scored_targets:
         raise SystemExit(f"error: {args.log} is not a finished one-GPU training log with its step time, final "
                          f"evaluation time and scored targets")
     step_ms = r.step_avg_ms * SEED_8XH100_MS / SEED_1XH200_MS
-    eval_s = r.eval_time_ms / 1000 * args.val_tokens / r.scored_targets / 8
+    eval_s = r.eval_time_ms / 1000 * args.val_tokens / r.scored_targets * SEED_8XH100_MS / SEED_1XH200_MS
     print(f"{r.run_id}: step_avg:{r.step_avg_ms:.2f}ms on one GPU -> 8xH100 step:{step_ms:.1f}ms "
           f"steps_in_600s:{int(600_000 / step_ms):,} (the seed: {int(600_000 / SEED_8XH100_MS):,}); final eval "
           f"{r.eval_time_ms / 1000:.1f}s for {r.scored_targets:,} targets -> {eval_s:.0f}s for {args.val_tokens:,} "
