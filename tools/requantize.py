@@ -20,7 +20,9 @@ may differ slightly), on the GPU if there is one:
     QUANT_GPTQ=1 QUANT_BITS=6 DATA_PATH=./data/datasets/fineweb10B_sp8192 python3 tools/requantize.py \\
         artifacts/RUN_model.pt artifacts/RUN_gptq6_model.int6.ptz
 
-The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT.
+The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT. The process is set up as
+train_gpt.py sets up one (setup_run: the settings checked, GPU 0 if there is one, TF32 matmuls, the attention
+kernel probed), so GPTQ's Hessians are computed as in a run's own export.
 """
 
 from __future__ import annotations
