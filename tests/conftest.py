@@ -125,17 +125,17 @@ def run_train(cwd: Path, env: dict[str, str], nproc: int = 0, timeout: int = 300
     script = str(ROOT / "train_gpt.py")
     cmd = [sys.executable, script] if nproc == 0 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
-    run = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     log = cwd / "logs" / f"{env.get('RUN_ID', '-')}.txt"
-    if nproc > 1 and run.returncode and GLOO_TEARDOWN_ABORT in run.stderr and log.exists() and \
-            "_roundtrip_exact " in log.read_text():
+    for attempt in range(3):
+        run = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        if attempt == 2 or not (nproc > 1 and run.returncode and GLOO_TEARDOWN_ABORT in run.stderr and
+                                log.exists() and "_roundtrip_exact " in log.read_text()):
+            return run
         # Rarely (1 in about 30 loaded CPU runs), a gloo rank aborts while its process exits, after the
-        # final score, the barrier and destroy_process_group (upstream: pytorch/pytorch#179291). One
-        # retry; a script that aborts every time still fails. Free the RUN_ID's files for it.
+        # final score, the barrier and destroy_process_group (upstream: pytorch/pytorch#179291). Up to two
+        # retries; a script that aborts every time still fails. Free the RUN_ID's files for them.
         for path in [log, *(cwd / "artifacts").glob(f"{log.stem}_model.*")]:
             path.unlink()
-        run = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-    return run
 
 
 def train_losses(output: str) -> dict[int, float]:

@@ -252,7 +252,8 @@ def test_gptq_export_calibrates_in_time_reserved_from_training(dataset, tokenize
     run = run_train(tmp_path, env)
     assert run.returncode == 0, run.stderr
     times = [int(t) for t in re.findall(r"^step:\d+/100000 train_loss:[\d.]+ train_time:(\d+)ms ", run.stdout, re.M)]
-    assert times[-1] >= 3000 and (len(times) == 1 or times[-2] < 3000), "the loop stops at the cap less the reserve"
+    # The log rounds to whole ms: a step that ended at 2999.6 ms (under the cap) prints 3000.
+    assert times[-1] >= 3000 and (len(times) == 1 or times[-2] <= 3000), "the loop stops at the cap less the reserve"
     assert re.search(rf"^stopping_early: wallclock_cap train_time:\d+ms step:{len(times)}/100000$", run.stdout, re.M)
     (calibration_ms,) = re.findall(r"^gptq_calibration batches:4 tokens:4096 time:(\d+)ms reserve:27000ms$",
                                    run.stdout, re.M)
