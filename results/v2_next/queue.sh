@@ -13,10 +13,14 @@
 #   The larger models export int6 by GPTQ at the records' 12.85 sigma to fit 16 MB.
 # Part 4: the records' stack (the switches that did not break, chosen from parts 2-3) against the
 #   defaults at P600v2, seed 1337; part 5 the same at seed 1338.
+# Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
+#   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
+#   size: does it run, fit and beat the defaults by enough to take to P600v2? (The switches have CPU tests of their
+#   math; the rule keeps a record-proven switch until P600v2 decides it, so screens one by one can wait.)
 # Part 6: the seed environment at P600v2 (sp1024), exactly (the baseline of every gain we quote), then
 #   at P180v2 with its schedules as fractions of the budget (the seed's 3000/8394 and 1500/8394 steps).
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-6)}
+PART=${1:?usage: queue.sh PART (1-7)}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
 export RESULTS=$Q
@@ -36,6 +40,9 @@ case $PART in
 4|5) SEED=$(( PART == 4 ? 1337 : 1338 ))
    STACK=${STACK:?set STACK to the switches chosen from parts 2-3}
    bash tools/proxy.sh 600 def $SEED "" stack $SEED "$STACK" ;;
+7) STACK_ALL="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1 $INT6"
+   HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
+   HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "" stack 1337 "$STACK_ALL" ;;
 6) SEED_ENV="SDPA_BACKEND=flash EVAL_STRIDE=0 MLP_LEAKY_SLOPE=0 PARALLEL_LAYERS=0 RECUR_LAYERS=0 TTT_EPOCHS=0
      QK_GAIN_INIT=1.5 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 QUANT_BITS=8 QUANT_GPTQ=0 COMPRESSOR=zlib MLP_MULT=2"
    # The exact seed at P600v2 (VAL_LOSS_EVERY=250: its curve), then a P180 screen of its schedules as fractions:
