@@ -55,6 +55,16 @@ def leave_gloo() -> None:
     os._exit(0)
 
 
+def run_environment(monkeypatch, cwd, env: dict[str, str]) -> None:
+    """The process as `python3 train_gpt.py` would find it in cwd with env: no other setting, no launcher."""
+    import train_gpt
+    for name in [*(n.upper() for n in train_gpt.Hyperparameters.defaults()), "RANK", "WORLD_SIZE", "LOCAL_RANK"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cwd)
+
+
 def cpu_run(rank: int = 0, world_size: int = 1, env: dict[str, str] | None = None):
     """train_gpt.Run for one rank of world_size on the CPU, with no process group: tests that need the
     ranks' total add up each rank's sums themselves."""

@@ -12,7 +12,7 @@ import pytest
 import shards
 import train_gpt
 
-from conftest import ROOT, run_train, tiny_env, train_losses
+from conftest import ROOT, run_environment, run_train, tiny_env, train_losses
 
 # Every line shape of SPEC.md that tools parse, with what each number must look like.
 F, I = r"(\d+\.\d+)", r"(\d+)"
@@ -32,11 +32,7 @@ SPEC_LINES = {
 
 def run_in_process(monkeypatch, cwd, env: dict[str, str]) -> str:
     """train_gpt.main() in this process, as `python3 train_gpt.py` runs in cwd with env; returns its log."""
-    for name in [*(n.upper() for n in train_gpt.Hyperparameters.defaults()), "RANK", "WORLD_SIZE", "LOCAL_RANK"]:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(cwd)
+    run_environment(monkeypatch, cwd, env)
     train_gpt.main()
     return (cwd / "logs" / f"{env['RUN_ID']}.txt").read_text()
 

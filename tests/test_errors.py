@@ -13,17 +13,11 @@ import pytest
 
 import shards
 import train_gpt
-from conftest import run_train, tiny_env
+from conftest import run_environment, run_train, tiny_env
 
 
 def config_error(monkeypatch, cwd, env: dict[str, str]) -> str:
-    for name in train_gpt.Hyperparameters.defaults():
-        monkeypatch.delenv(name.upper(), raising=False)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(cwd)
+    run_environment(monkeypatch, cwd, env)
     with pytest.raises(train_gpt.ConfigError) as e:
         train_gpt.main()
     message = str(e.value)
