@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise tg.ConfigError("usage: tools/requantize.py RAW_WEIGHTS.pt OUT.ptz (settings from QUANT_BITS, "
