@@ -19,8 +19,11 @@
 #   math; the rule keeps a record-proven switch until P600v2 decides it, so screens one by one can wait.)
 # Part 6: the seed environment at P600v2 (sp1024), exactly (the baseline of every gain we quote), then
 #   at P180v2 with its schedules as fractions of the budget (the seed's 3000/8394 and 1500/8394 steps).
+# Part 8 (session 10, ~27 min): part 6's first run (the exact seed at P600v2, its curve; no held-back score), then
+#   part 7's stack at P600v2 seed 1337 with its held-back score: breakage, size and score at the proxy that decides,
+#   to be paired with the defaults at P600v2 in the next session (a P180 screen favours small models anyway).
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-7)}
+PART=${1:?usage: queue.sh PART (1-8)}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
 export RESULTS=$Q
@@ -28,6 +31,9 @@ echo "== queue part $PART start $(date -u +%T) $(nvidia-smi --query-gpu=name --f
 python3 -c "import torch; print('torch', torch.__version__)"
 SCREEN="TTT_EPOCHS=0 EVAL_STRIDE=0"
 INT6="QUANT_BITS=6 QUANT_CLIP_SIGMAS=12.85 QUANT_GPTQ=1"
+SEED_ENV="SDPA_BACKEND=flash EVAL_STRIDE=0 MLP_LEAKY_SLOPE=0 PARALLEL_LAYERS=0 RECUR_LAYERS=0 TTT_EPOCHS=0
+  QK_GAIN_INIT=1.5 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 QUANT_BITS=8 QUANT_GPTQ=0 COMPRESSOR=zlib MLP_MULT=2"
+STACK_ALL="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1 $INT6"
 case $PART in
 1) bash tools/proxy.sh 180 def 1337 "" rown_wd 1337 "MUON_ROW_NORM=1 MUON_WEIGHT_DECAY=0.04" \
                        def 1338 "" rown_wd 1338 "MUON_ROW_NORM=1 MUON_WEIGHT_DECAY=0.04" ;;
@@ -40,15 +46,14 @@ case $PART in
 4|5) SEED=$(( PART == 4 ? 1337 : 1338 ))
    STACK=${STACK:?set STACK to the switches chosen from parts 2-3}
    bash tools/proxy.sh 600 def $SEED "" stack $SEED "$STACK" ;;
-7) STACK_ALL="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1 $INT6"
-   HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
+7) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
    HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "" stack 1337 "$STACK_ALL" ;;
-6) SEED_ENV="SDPA_BACKEND=flash EVAL_STRIDE=0 MLP_LEAKY_SLOPE=0 PARALLEL_LAYERS=0 RECUR_LAYERS=0 TTT_EPOCHS=0
-     QK_GAIN_INIT=1.5 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 QUANT_BITS=8 QUANT_GPTQ=0 COMPRESSOR=zlib MLP_MULT=2"
-   # The exact seed at P600v2 (VAL_LOSS_EVERY=250: its curve), then a P180 screen of its schedules as fractions:
+6) # The exact seed at P600v2 (VAL_LOSS_EVERY=250: its curve), then a P180 screen of its schedules as fractions:
    # at P180v2 the exact seed lost 0.130 to its int8 export (results/v2_baselines), where v1 with scaled
    # schedules lost 0.001; if seed_frac loses little, the loss comes from a warmdown that never ends at P180.
    VOCAB=1024 bash tools/proxy.sh 600 seed 1337 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0 VAL_LOSS_EVERY=250"
    VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
+8) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 600 seed 1337 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0 VAL_LOSS_EVERY=250"
+   bash tools/proxy.sh 600 stack 1337 "$STACK_ALL" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
