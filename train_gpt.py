@@ -1354,14 +1354,14 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
     log(f"Serialized model {label}: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
         f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
-    log_submission_size(log, label, len(blob) + code_bytes)
+    log_submission_size(run, label, len(blob) + code_bytes)
     log(f"artifact:{paths['artifact']}")
 
 
-def log_submission_size(log, label: str, total: int) -> None:
-    log(f"Total submission size {label}: {total} bytes")
+def log_submission_size(run: Run, label: str, total: int) -> None:
+    run.log(f"Total submission size {label}: {total} bytes")
     margin = ARTIFACT_LIMIT_BYTES - total
-    log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
+    run.log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
 
 
 def report_roundtrip(run: Run, model: nn.Module, val: Validation, ttt: ScoreFirstTTT | None) -> None:
@@ -1466,7 +1466,7 @@ def main() -> None:
     code_bytes = len(code.encode("utf-8"))
     if artifact:
         run.log(f"eval_artifact:{artifact} bytes:{Path(artifact).stat().st_size}")
-        log_submission_size(run.log, export_label(args), Path(artifact).stat().st_size + code_bytes)
+        log_submission_size(run, export_label(args), Path(artifact).stat().st_size + code_bytes)
     else:
         if args.warmup_steps > 0:
             warmup_and_reset(run, training, loader)
