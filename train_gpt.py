@@ -138,7 +138,7 @@ class Hyperparameters:
     quant_gptq = False  # round the intN rows by GPTQ, with Hessians from training batches (0: to nearest)
     gptq_calib_batches = 4  # of TRAIN_BATCH_TOKENS: 6x the GPTQ paper's 128 x 2048 tokens
     gptq_damp = 0.01  # added to the Hessian's diagonal, times its mean
-    gptq_reserve_seconds = 2.0  # of MAX_WALLCLOCK_SECONDS for calibration: it took 1.5 s on one H200
+    gptq_reserve_seconds = 2.0  # of MAX_WALLCLOCK_SECONDS for calibration: 1.5 s (9L), 2.5 s (11L MLP3) on one H200
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs

@@ -1,6 +1,6 @@
 #!/bin/bash
-# The next v2 device queues, written in session 8 (2026-12-01) and not run yet. One part fills one
-# session's 30 minutes of device time (about 1,500 s of runs after staging the corpus).
+# The v2 device queues, written from session 8 on (2026-12-01). One part fills one session's 30 minutes of
+# device time (about 1,700 s of runs after staging the corpus).
 # Start with: setsid nohup bash results/v2_next/queue.sh PART > /dev/null 2>&1 < /dev/null &
 # (the corpus staged in /tmp/corpus: README, "The benchmark proxy on one GPU"). It runs from a
 # private copy of the repository and writes console output and logs to /tmp/q, then touches
@@ -11,19 +11,21 @@
 # Parts 2-3 (issue "Defaults for the record run"): each record switch alone, P180v2 seed 1337, a
 #   screen for breakage (scored without TTT or sliding windows, no held-back score: ~240 s a run).
 #   The larger models export int6 by GPTQ at the records' 12.85 sigma to fit 16 MB.
-# Part 4: the records' stack (the switches that did not break, chosen from parts 2-3) against the
-#   defaults at P600v2, seed 1337; part 5 the same at seed 1338.
+# Part 4: the records' stack against the defaults at P600v2, seed 1337; part 5 the same at seed 1338. STACK defaults
+#   to the whole stack of part 8 (which ran, fits and took 2.5 s to calibrate GPTQ: reserve 3 s); no held-back
+#   scores, to fit 30 minutes (~1,710 s of runs). Parts 9-10: the same with the small stack (the records' switches
+#   that cost no size: XSA, partial RoPE, LN scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
 #   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
 #   size: does it run, fit and beat the defaults by enough to take to P600v2? (The switches have CPU tests of their
 #   math; the rule keeps a record-proven switch until P600v2 decides it, so screens one by one can wait.)
 # Part 6: the seed environment at P600v2 (sp1024), exactly (the baseline of every gain we quote), then
 #   at P180v2 with its schedules as fractions of the budget (the seed's 3000/8394 and 1500/8394 steps).
-# Part 8 (session 10, ~27 min): part 6's first run (the exact seed at P600v2, its curve; no held-back score), then
-#   part 7's stack at P600v2 seed 1337 with its held-back score: breakage, size and score at the proxy that decides,
-#   to be paired with the defaults at P600v2 in the next session (a P180 screen favours small models anyway).
+# Part 8 (ran in session 10: results/v2_part8/): part 6's first run (the exact seed at P600v2, its curve; no
+#   held-back score), then part 7's stack at P600v2 seed 1337 with its held-back score: breakage, size and score at
+#   the proxy that decides, to be paired with the defaults in parts 4-5 (a P180 screen favours small models anyway).
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-8)}
+PART=${1:?usage: queue.sh PART (1-10)}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
 export RESULTS=$Q
@@ -33,6 +35,7 @@ SCREEN="TTT_EPOCHS=0 EVAL_STRIDE=0"
 INT6="QUANT_BITS=6 QUANT_CLIP_SIGMAS=12.85 QUANT_GPTQ=1"
 SEED_ENV="SDPA_BACKEND=flash EVAL_STRIDE=0 MLP_LEAKY_SLOPE=0 PARALLEL_LAYERS=0 RECUR_LAYERS=0 TTT_EPOCHS=0
   QK_GAIN_INIT=1.5 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 QUANT_BITS=8 QUANT_GPTQ=0 COMPRESSOR=zlib MLP_MULT=2"
+SMALL_STACK="XSA_LAYERS=9 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1"
 STACK_ALL="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1 $INT6"
 case $PART in
 1) bash tools/proxy.sh 180 def 1337 "" rown_wd 1337 "MUON_ROW_NORM=1 MUON_WEIGHT_DECAY=0.04" \
@@ -44,8 +47,9 @@ case $PART in
      l11 1337 "$SCREEN $INT6 NUM_LAYERS=11" l11_mlp3 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=3" \
      l11_mlp4 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=4" ;;
 4|5) SEED=$(( PART == 4 ? 1337 : 1338 ))
-   STACK=${STACK:?set STACK to the switches chosen from parts 2-3}
-   bash tools/proxy.sh 600 def $SEED "" stack $SEED "$STACK" ;;
+   HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" stack $SEED "${STACK:-$STACK_ALL GPTQ_RESERVE_SECONDS=3}" ;;
+9|10) SEED=$(( PART == 9 ? 1337 : 1338 ))
+   HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" small_stack $SEED "$SMALL_STACK" ;;
 7) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
    HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "" stack 1337 "$STACK_ALL" ;;
 6) # The exact seed at P600v2 (VAL_LOSS_EVERY=250: its curve), then a P180 screen of its schedules as fractions:
