@@ -1361,7 +1361,8 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
 def log_submission_size(run: Run, label: str, total: int) -> None:
     run.log(f"Total submission size {label}: {total} bytes")
     margin = ARTIFACT_LIMIT_BYTES - total
-    run.log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{'' if margin >= 0 else ' OVER: lower QUANT_BITS'}")
+    over = "" if margin >= 0 else " OVER: lower QUANT_BITS"
+    run.log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{over}")
 
 
 def report_roundtrip(run: Run, model: nn.Module, val: Validation, ttt: ScoreFirstTTT | None) -> None:
