@@ -24,8 +24,11 @@
 # Part 8 (ran in session 10: results/v2_part8/): part 6's first run (the exact seed at P600v2, its curve; no
 #   held-back score), then part 7's stack at P600v2 seed 1337 with its held-back score: breakage, size and score at
 #   the proxy that decides, to be paired with the defaults in parts 4-5 (a P180 screen favours small models anyway).
+# Part 11 (~810 s, for a session shared with the speed queue of issue "Speed v2", which needs the sp8192 shards this
+#   builds): the stack at P60v2 (its size against training length, with part 8's P600), the seed environment at
+#   P180v2 seed 1338 (the one run of "Benchmark v2" item 2 not made), and part 6's seed_frac screen.
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-10)}
+PART=${1:?usage: queue.sh PART (1-11)}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
 export RESULTS=$Q
@@ -59,5 +62,8 @@ case $PART in
    VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 8) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 600 seed 1337 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0 VAL_LOSS_EVERY=250"
    bash tools/proxy.sh 600 stack 1337 "$STACK_ALL" ;;
+11) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL GPTQ_RESERVE_SECONDS=3"
+   VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
+   VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
