@@ -1253,8 +1253,8 @@ def train(run: Run, training: Training, loader: DistributedTokenLoader, val: Val
     training_time_ms, stop_after_step, step, averaged_frac = 0.0, None, 0, 0.0
     # EMA_HORIZON_FRAC: an fp32 moving average of the weights whose horizon (1/(1 - decay) steps) is that fraction of
     # the budget (a capped run's step count is unknown): a step that spends d of it keeps exp(-d / EMA_HORIZON_FRAC).
-    weights = list(base_model.state_dict().values())  # views of the live tensors: built once, not every step
-    average = {k: v.float().clone() for k, v in base_model.state_dict().items()} if args.ema_horizon_frac else {}
+    live = base_model.state_dict()  # views of the parameters, which train in place: built once, not every step
+    average = {k: v.float().clone() for k, v in live.items()} if args.ema_horizon_frac else {}
     run.sync()
     t0 = clock()
     while True:
@@ -1293,7 +1293,7 @@ def train(run: Run, training: Training, loader: DistributedTokenLoader, val: Val
             reached_cap, spent = bool(flags[0]), float(flags[1])
         if average:  # every rank keeps its own: the same weights and fractions give the same average
             decay = math.exp((averaged_frac - spent) / args.ema_horizon_frac)
-            torch._foreach_lerp_([*average.values()], [v.float() for v in weights], 1 - decay)
+            torch._foreach_lerp_([*average.values()], [v.float() for v in live.values()], 1 - decay)
             averaged_frac = spent
         if args.recur_layers > 0 and spent >= args.recur_from_frac and not base_model.looped:
             base_model.looped = True
