@@ -24,9 +24,9 @@
 # Part 8 (ran in session 10: results/v2_part8/): part 6's first run (the exact seed at P600v2, its curve; no
 #   held-back score), then part 7's stack at P600v2 seed 1337 with its held-back score: breakage, size and score at
 #   the proxy that decides, to be paired with the defaults in parts 4-5 (a P180 screen favours small models anyway).
-# Part 11 (~810 s, for a session shared with the speed queue of issue "Speed v2", which needs the sp8192 shards this
-#   builds): the stack at P60v2 (its size against training length, with part 8's P600), the seed environment at
-#   P180v2 seed 1338 (the one run of "Benchmark v2" item 2 not made), and part 6's seed_frac screen.
+# Part 11 (~560 s, for a session shared with the speed queue of issue "Speed v2", which needs the sp8192 shards this
+#   builds): the stack at P60v2 (its size against training length, with part 8's P600) and the seed environment at
+#   P180v2 seed 1338 (the one run of "Benchmark v2" item 2 not made). Part 6's seed_frac screen waits.
 set -u; export PYTHONUNBUFFERED=1
 PART=${1:?usage: queue.sh PART (1-11)}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
@@ -63,7 +63,6 @@ case $PART in
 8) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 600 seed 1337 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0 VAL_LOSS_EVERY=250"
    bash tools/proxy.sh 600 stack 1337 "$STACK_ALL" ;;
 11) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL GPTQ_RESERVE_SECONDS=3"
-   VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
-   VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
+   VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
