@@ -74,7 +74,7 @@ class Hyperparameters:
 
     # Validation and logging cadence. Validation always covers the whole validation split.
     val_batch_size = 524_288
-    eval_stride = 256  # the final score slides windows every EVAL_STRIDE tokens; 0 or >= TRAIN_SEQ_LEN: no overlap (seed)
+    eval_stride = 256  # the final score's windows start every EVAL_STRIDE tokens; 0 or >= TRAIN_SEQ_LEN: none (seed)
     ttt_epochs = 3  # > 0: test-time training, this many SGD steps on each chunk of targets once scored
     ttt_lr = 0.005  # its learning rate, decayed over the chunks as a cosine
     ttt_chunk_tokens = 32768  # targets per chunk
@@ -142,7 +142,7 @@ class Hyperparameters:
 
     # Execution.
     compile = True  # torch.compile the model and Newton-Schulz; switch off for quick CPU runs
-    sdpa_backend = "cudnn"  # CUDA attention kernel: cudnn (KV heads expanded; 1.3x faster steps on H200) or flash
+    sdpa_backend = "auto"  # CUDA attention kernel: auto (the fastest that runs), fa3, fa4, cudnn or flash (the seed's)
 
     def __init__(self, environ: dict[str, str] | None = None):
         environ = os.environ if environ is None else environ
@@ -223,32 +223,9 @@ def load_validation_tokens(val_files: list[Path], seq_len: int, vocab_size: int)
     return tokens
 
 
-class TokenStream:
-    """The train shards in sorted order, read front to back and wrapped around forever."""
-
-    def __init__(self, files: list[Path], vocab_size: int):
-        self.files, self.vocab_size, self.file_index = files, vocab_size, -1
-        self._next_file()
-
-    def _next_file(self) -> None:
-        self.file_index = (self.file_index + 1) % len(self.files)
-        self.tokens = load_shard(self.files[self.file_index], self.vocab_size)
-        self.pos = 0
-
-    def take(self, n: int) -> np.ndarray:
-        parts = []
-        while n > 0:
-            if self.pos == self.tokens.size:
-                self._next_file()
-            k = min(n, self.tokens.size - self.pos)
-            parts.append(self.tokens[self.pos: self.pos + k])
-            self.pos, n = self.pos + k, n - k
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
 class DistributedTokenLoader:
-    """Each call consumes world_size*(L+1) tokens from the shared stream; rank r keeps
-    span r. The extra token lets inputs and targets be the same span shifted by one."""
+    """The train shards in sorted order as one endless stream. A batch takes world_size*(L+1) tokens of it; rank r
+    keeps span r (the extra token lets inputs and targets be the same span shifted by one)."""
 
     def __init__(self, files: list[Path], vocab_size: int, rank: int, world_size: int, device: torch.device):
         self.files, self.vocab_size = files, vocab_size
@@ -257,12 +234,23 @@ class DistributedTokenLoader:
 
     def reset(self) -> None:
         """Back to the first token of the first shard."""
-        self.stream = TokenStream(self.files, self.vocab_size)
+        self.file_index, self.tokens, self.pos = 0, load_shard(self.files[0], self.vocab_size), 0
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.pos == self.tokens.size:
+                self.file_index = (self.file_index + 1) % len(self.files)
+                self.tokens, self.pos = load_shard(self.files[self.file_index], self.vocab_size), 0
+            k = min(n, self.tokens.size - self.pos)
+            parts.append(self.tokens[self.pos: self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
         local_tokens = global_tokens // (self.world_size * grad_accum_steps)
         span = local_tokens + 1
-        chunk = self.stream.take(span * self.world_size)
+        chunk = self.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span: (self.rank + 1) * span].astype(np.int64))
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -281,16 +269,13 @@ class ByteTables:
     has_leading_space: Tensor  # bool [vocab]: the piece starts with "▁"
     is_boundary: Tensor        # bool [vocab]: control/unknown/unused pieces (BOS, EOS, pad, unk)
 
-    def to(self, device: torch.device) -> ByteTables:
-        return ByteTables(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
-
     def count(self, prev_ids: Tensor, target_ids: Tensor) -> Tensor:
         """Bytes of each target token given the token before it."""
         space = self.has_leading_space[target_ids] & ~self.is_boundary[prev_ids]
         return self.base_bytes[target_ids].to(torch.int16) + space.to(torch.int16)
 
 
-def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTables:
+def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int, device: torch.device) -> ByteTables:
     size = max(int(sp.vocab_size()), vocab_size)
     base_bytes = np.zeros(size, dtype=np.int16)
     has_leading_space = np.zeros(size, dtype=np.bool_)
@@ -307,7 +292,7 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
             has_leading_space[i] = True
             piece = piece[1:]
         base_bytes[i] = len(piece.encode("utf-8"))
-    return ByteTables(torch.from_numpy(base_bytes), torch.from_numpy(has_leading_space), torch.from_numpy(is_boundary))
+    return ByteTables(*(torch.from_numpy(a).to(device) for a in (base_bytes, has_leading_space, is_boundary)))
 
 
 def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
@@ -340,9 +325,10 @@ CONTROL_TENSOR_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "sk
 BOS_ID = 1  # starts every document in the shards (data/shards.py): no look-back (SmearGate) may cross it
 
 
-# Attention kernels a run can pick on CUDA. Both compute the same function; cuDNN's lacks native
-# GQA, so KV heads are repeated for it.
-SDPA_BACKENDS = ("flash", "cudnn")
+# CUDA attention kernels, fastest first: FA3 (flash_attn_interface, as on the challenge's image) and FA4 (pip install
+# flash-attn-4) where installed, then SDPA through cuDNN or flash (the seed's). One function, KV heads grouped (GQA).
+ATTENTION_BACKENDS = ("auto", "fa3", "fa4", "cudnn", "flash")
+FLASH_KERNELS: dict[str, object] = {}  # "fa3"/"fa4": causal attention on bf16 (B, T, H, D), once loaded
 
 
 def is_control_tensor(name: str) -> bool:
@@ -355,10 +341,10 @@ class CastedLinear(nn.Linear):
 
 
 def rotary_tables(seq_len: int, rope_dims: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos/sin of the RoPE angles, computed in float32: shape (1, 1, seq_len, rope_dims/2)."""
+    """cos/sin of the RoPE angles, computed in float32: shape (1, seq_len, 1, rope_dims/2)."""
     inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-    return angles.cos()[None, None], angles.sin()[None, None]
+    return angles.cos()[None, :, None], angles.sin()[None, :, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -369,12 +355,46 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, x[..., rope_dims:]), dim=-1)
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """(B, T, H, hd) in and out; k and v may have fewer heads: query head h reads KV head h // (H / KV)."""
+    if backend in FLASH_KERNELS:
+        return FLASH_KERNELS[backend](q.bfloat16(), k.bfloat16(), v.bfloat16())
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                       enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+
+
+def load_flash_kernel(name: str):
+    """FA3's or FA4's causal attention, where installed. FA4's kernels are wrapped as two torch ops whose output
+    shapes are known ahead, so that torch.compile traces around them (FA4's own autograd.Function it cannot)."""
+    if name == "fa3":
+        from flash_attn_interface import flash_attn_func  # traceable by torch.compile on the challenge's image
+        return lambda q, k, v: (lambda out: out[0] if isinstance(out, tuple) else out)(  # some builds add the lse
+            flash_attn_func(q, k, v, causal=True))
+    from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd
+
+    @torch.library.custom_op("train_gpt::fa4_forward", mutates_args=())
+    def forward(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        out, lse = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)[:2]
+        return out, lse
+
+    @torch.library.custom_op("train_gpt::fa4_backward", mutates_args=())
+    def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor) -> list[Tensor]:
+        return list(_flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3])
+
+    forward.register_fake(lambda q, k, v: (torch.empty_like(q), q.new_empty(q.size(0), q.size(2), q.size(1),
+                                                                              dtype=torch.float32)))
+    backward.register_fake(lambda dout, q, k, v, *_: [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)])
+    forward.register_autograd(lambda ctx, dout, _: tuple(backward(dout.contiguous(), *ctx.saved_tensors)),
+                              setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs, *output))
+    return lambda q, k, v: forward(q, k, v)[0]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, expand_kv: bool, xsa: bool):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, backend: str, xsa: bool):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
-        self.expand_kv = expand_kv and num_kv_heads != num_heads  # for kernels without native GQA
-        self.xsa = xsa
+        self.backend, self.xsa = backend, xsa
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
         self.c_v = CastedLinear(dim, num_kv_heads * self.head_dim, bias=False)
@@ -383,21 +403,16 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         B, T, D = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, KV, hd)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
         q = apply_rotary(F.rms_norm(q, (self.head_dim,)), *rope)
         k = apply_rotary(F.rms_norm(k, (self.head_dim,)), *rope)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        if self.expand_kv:  # query head h reads KV head h // (num_heads/num_kv_heads), as GQA does
-            k = k.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-            v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-        gqa = self.num_kv_heads != self.num_heads and not self.expand_kv
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, H, T, hd)
+        y = causal_attention(q * self.q_gain.to(q.dtype)[:, None], k, v, self.backend)  # (B, T, H, hd)
         if self.xsa:  # XSA (arXiv 2603.09078): each head's output less its part along its own value's direction
-            y_kv, v_dir = y.view(B, v.size(1), -1, T, self.head_dim), F.normalize(v, dim=-1).unsqueeze(2)
-            y = (y_kv - (y_kv * v_dir).sum(-1, keepdim=True) * v_dir).view_as(y)  # head h reads KV head h // group
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+            y, v_dir = y.reshape(B, T, self.num_kv_heads, -1, self.head_dim), F.normalize(v, dim=-1).unsqueeze(3)
+            y = y - (y * v_dir).sum(-1, keepdim=True) * v_dir  # head h reads KV head h // group
+        return self.proj(y.reshape(B, T, D))
 
 
 class MLP(nn.Module):
@@ -418,7 +433,7 @@ class Block(nn.Module):
         self.norm_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0  # deeper blocks start as smaller edits
         dim = args.model_dim
         self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
-                                        expand_kv=args.sdpa_backend == "cudnn",
+                                        backend=args.sdpa_backend,
                                         xsa=layer >= args.num_layers - args.xsa_layers)
         self.mlp = MLP(dim, args.mlp_mult, args.mlp_leaky_slope)
         self.attn_scale = nn.Parameter(torch.ones(dim))
@@ -758,8 +773,7 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
     out = {}
     for name, q in obj["quantized"].items():
         scale = obj["scales"][name].float()
-        if scale.ndim:
-            scale = scale.view(-1, *[1] * (q.ndim - 1))
+        scale = scale.view(-1, *[1] * (q.ndim - 1)) if scale.ndim else scale
         out[name] = (q.float() * scale).to(getattr(torch, obj["dtypes"][name]))
     for name, t in obj["passthrough"].items():
         orig = obj.get("passthrough_orig_dtypes", {}).get(name)
@@ -831,15 +845,12 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 
 # -----------------------------------------------------------------------------
 # EVALUATION
-# The validation split is scored in windows of TRAIN_SEQ_LEN tokens; each rank takes a contiguous range of windows,
-# and per-token losses and bytes are summed in float64, over ranks, before dividing. Validation during training uses
-# non-overlapping windows (the seed's evaluation). The final score, with EVAL_STRIDE=s, starts a window every s tokens
-# and each later window scores only its last s targets, so every target still counts exactly once and, after the
-# first window, sees at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the end of the split and
-# scores only what no window scored before.
-# With TTT_EPOCHS > 0 the final score trains as it goes, score first (the challenge's rule): windows go in chunks of
-# TTT_CHUNK_TOKENS targets by their first scored target; once a chunk's windows are scored, the model trains on its
-# targets, all scored by then (a target's window starts no later than it).
+# Windows of TRAIN_SEQ_LEN tokens, a contiguous range of them per rank; per-token losses and bytes summed in float64
+# over ranks before dividing. Validation during training: non-overlapping windows (the seed's). The final score, with
+# EVAL_STRIDE=s: a window every s tokens, each after the first scoring only its last s targets (every target once, with
+# at least TRAIN_SEQ_LEN - s tokens of context; the last window ends at the split's end and scores what is left).
+# With TTT_EPOCHS > 0 it trains score-first (the challenge's rule): windows go in chunks of TTT_CHUNK_TOKENS targets by
+# their first scored target; once a chunk is scored, the model trains on its targets, all scored by then.
 # -----------------------------------------------------------------------------
 
 @dataclass
@@ -954,7 +965,7 @@ def eval_val(run: Run, model: nn.Module, val: Validation, stride: int,
 # RUN SETUP
 # What every entry point (training, tools/benchmark.py, tools/requantize.py) does first: process layout, settings
 # checked against it, device, attention kernel, process group. A step is MICRO_BATCHES micro-batches over all
-# processes, so the global batch and the data order are the same on any number of GPUs.
+# processes: the same global batch and data order on any number of GPUs.
 # -----------------------------------------------------------------------------
 
 MICRO_BATCHES = 8
@@ -1006,7 +1017,8 @@ def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int
         require(args, name, getattr(args, name) > 0, "> 0", "a positive number")
     require(args, "seed", 0 <= args.seed < 2**32, "between 0 and 2**32-1", "an integer in that range")
     require(args, "iterations", args.iterations >= 0, "0 or more", "a step count")
-    require(args, "sdpa_backend", args.sdpa_backend in SDPA_BACKENDS, "one of " + "/".join(SDPA_BACKENDS), "either")
+    require(args, "sdpa_backend", args.sdpa_backend in ATTENTION_BACKENDS, "one of " + "/".join(ATTENTION_BACKENDS),
+            "auto")
     recur_end = args.recur_start + args.recur_layers
     if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
                                                            and 0 <= args.recur_from_frac < 1):
@@ -1065,46 +1077,43 @@ def process_layout(environ) -> tuple[bool, int, int, int]:
     return "RANK" in environ and "WORLD_SIZE" in environ, rank, world_size, local_rank
 
 
-def attention_kernels_agree(device: torch.device, num_heads: int, seq_len: int, head_dim: int,
-                            candidate, reference) -> bool:
-    """Runs causal attention forward and backward through two SDPA kernels on the same random
-    data; True if the candidate runs, stays finite and matches the reference up to bf16 rounding."""
-    from torch.nn.attention import sdpa_kernel
-    gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(1, num_heads, seq_len, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
-               for _ in range(3))
-    results = []
-    for kernel in (candidate, reference):
+def attention_agrees(device: torch.device, backend: str, args: Hyperparameters) -> bool:
+    """Causal attention forward and backward at this run's shapes through backend and through flash SDPA on the same
+    random data: True if backend runs, stays finite and matches up to bf16 rounding."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    gen, head_dim, results = torch.Generator(device=device).manual_seed(0), args.model_dim // args.num_heads, []
+    q, k, v = (torch.randn(1, args.train_seq_len, h, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
+               for h in (args.num_heads, args.num_kv_heads, args.num_kv_heads))
+    for name in (backend, "flash"):
         inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-        with sdpa_kernel(kernel):
-            out = F.scaled_dot_product_attention(*inputs, is_causal=True)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION if name == "cudnn" else SDPBackend.FLASH_ATTENTION):
+            out = causal_attention(*inputs, name)
         out.float().square().sum().backward()
         results.append([out.detach().float()] + [t.grad.float() for t in inputs])
     # bf16 outputs of two correct kernels differ by well under 1%; a broken kernel by far more.
     return all(bool(a.isfinite().all()) and float((a - b).norm()) <= 0.05 * float(b.norm()) for a, b in zip(*results))
 
 
-def select_attention(requested: str, device: torch.device, num_heads: int, seq_len: int,
-                     head_dim: int) -> tuple[str, str]:
-    """Enables exactly one SDPA kernel; returns its name and, if it is not the one requested, why.
-    cuDNN's kernel is not built for every GPU and PyTorch version, so it must first run and agree
-    with flash at this run's shapes; otherwise the run falls back to flash."""
-    if device.type != "cuda":
-        return requested, ""
-    backend, why = requested, ""
-    if requested == "cudnn":
-        from torch.nn.attention import SDPBackend
+def select_attention(args: Hyperparameters, device: torch.device) -> tuple[str, str]:
+    """The first kernel from SDPA_BACKEND on in ATTENTION_BACKENDS (auto: from FA3 on) that runs here and agrees with
+    flash SDPA at this run's shapes (SDPA then runs it alone); its name, and why earlier ones were passed over."""
+    if device.type != "cuda":  # SDPA's CPU kernels, whatever the name
+        return (args.sdpa_backend if args.sdpa_backend in ("cudnn", "flash") else "flash"), ""
+    passed_over = []
+    for name in ATTENTION_BACKENDS[max(ATTENTION_BACKENDS.index(args.sdpa_backend), 1):]:
         try:
-            if not attention_kernels_agree(device, num_heads, seq_len, head_dim, SDPBackend.CUDNN_ATTENTION,
-                                           SDPBackend.FLASH_ATTENTION):
-                backend, why = "flash", "cudnn disagrees with flash"
-        except Exception as e:  # not built, not supported here: any failure means "use flash"
-            backend, why = "flash", f"cudnn cannot run here: {first_line(e)}"
-    torch.backends.cuda.enable_flash_sdp(backend == "flash")
-    torch.backends.cuda.enable_cudnn_sdp(backend == "cudnn")
+            if name in ("fa3", "fa4") and name not in FLASH_KERNELS:
+                FLASH_KERNELS[name] = load_flash_kernel(name)
+            if name == "flash" or attention_agrees(device, name, args):
+                break
+            passed_over.append(f"{name} disagrees with flash")
+        except Exception as e:  # not installed, not built for this GPU, ...: the next one
+            passed_over.append(f"{name} cannot run here: {first_line(e)}")
+    torch.backends.cuda.enable_flash_sdp(name != "cudnn")  # for FA3/FA4 the model calls no SDPA; flash stays on
+    torch.backends.cuda.enable_cudnn_sdp(name == "cudnn")
     torch.backends.cuda.enable_mem_efficient_sdp(False)
     torch.backends.cuda.enable_math_sdp(False)
-    return backend, why
+    return name, "; ".join(passed_over)
 
 
 def setup_run(args: Hyperparameters, environ) -> Run:
@@ -1117,8 +1126,7 @@ def setup_run(args: Hyperparameters, environ) -> Run:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    args.sdpa_backend, fallback = select_attention(args.sdpa_backend, device, args.num_heads, args.train_seq_len,
-                                                   args.model_dim // args.num_heads)
+    args.sdpa_backend, fallback = select_attention(args, device)
     if distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
@@ -1158,11 +1166,8 @@ def describe_environment(device: torch.device, world_size: int) -> tuple[str, st
     """The log's file-only header (versions, nvidia-smi) and a one-line hardware summary."""
     lines = [f"Running Python {sys.version}", f"Running PyTorch {torch.__version__}"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    if device.type == "cuda":
-        try:
-            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout)
-        except OSError:
-            lines.append("nvidia-smi: not found")
+    if device.type == "cuda":  # through the shell: a missing nvidia-smi is a line of the log, not an exception
+        lines.append(subprocess.run("nvidia-smi 2>&1", shell=True, capture_output=True, text=True).stdout)
     return "\n".join(lines), f"hardware:{name.replace(' ', '_')} count:{world_size}"
 
 
@@ -1436,7 +1441,7 @@ def main() -> None:
 
     # ---- the metric --------------------------------------------------------------------------
     # A rank scores VAL_BATCH_SIZE / MICRO_BATCHES tokens a batch: on any number of GPUs, the seed's batch on 8.
-    val = Validation(val_tokens, build_byte_tables(sp, args.vocab_size).to(run.device), args.train_seq_len,
+    val = Validation(val_tokens, build_byte_tables(sp, args.vocab_size, run.device), args.train_seq_len,
                      args.val_batch_size // MICRO_BATCHES // args.train_seq_len)
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     run.log(f"train_loader:dataset:{Path(args.data_path).resolve().name} train_shards:{len(train_files)}")
@@ -1454,9 +1459,8 @@ def main() -> None:
     if run.sdpa_fallback:
         run.log(f"sdpa_backend:{args.sdpa_backend} ({run.sdpa_fallback})")
     run.log(f"attention_mode:gqa num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
-    token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
-    head_lr = 0.0 if args.tie_embeddings else args.head_lr
-    run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{token_lr} head_lr:{head_lr} "
+    embed_lr, head_lr = (args.tied_embed_lr, 0.0) if args.tie_embeddings else (args.embed_lr, args.head_lr)
+    run.log(f"tie_embeddings:{args.tie_embeddings} embed_lr:{embed_lr} head_lr:{head_lr} "
             f"matrix_lr:{args.matrix_lr} scalar_lr:{args.scalar_lr}")
     run.log(f"train_batch_tokens:{args.train_batch_tokens} train_seq_len:{args.train_seq_len} "
             f"iterations:{args.iterations} warmup_steps:{args.warmup_steps} "

@@ -32,20 +32,20 @@ def byte_count(tables: train_gpt.ByteTables, ids: list[int]) -> int:
 
 @pytest.mark.parametrize("text", HARD_TEXTS + make_documents(20, seed=3))
 def test_bytes_of_a_document_equal_its_decoded_utf8_length(sp, text):
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     ids = sp.encode(text)
     assert byte_count(tables, [sp.bos_id()] + ids) == len(sp.decode(ids).encode("utf-8"))
 
 
 def test_bytes_across_document_boundaries_add_up(sp):
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     docs = HARD_TEXTS + SPECIAL_WORDS
     stream = [tok for d in docs for tok in [sp.bos_id()] + sp.encode(d)]
     assert byte_count(tables, stream) == sum(len(sp.decode(sp.encode(d)).encode("utf-8")) for d in docs)
 
 
 def test_table_entries(sp):
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     for i in range(4):  # pad, BOS, EOS, unk: boundaries worth 0 bytes
         assert tables.is_boundary[i] and tables.base_bytes[i] == 0
     byte_ids = [i for i in range(sp.vocab_size()) if sp.is_byte(i)]
@@ -101,7 +101,7 @@ def test_val_bpb_equals_plain_recomputation(trained_looking_model, dataset, sp):
     seq_len = 32
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     val = train_gpt.Validation(tokens, tables, seq_len, batch_seqs=7)
     val_loss, val_bpb = train_gpt.eval_val(cpu_run(), trained_looking_model, val, 0)
     want_loss, want_bpb = plain_val_bpb(trained_looking_model, tokens, seq_len, sp)
@@ -116,7 +116,7 @@ def test_ranks_cover_every_target_once(trained_looking_model, dataset, sp, world
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)
     assert (tokens.size - 1) % seq_len, "the split ends in a partial sequence"
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     val = train_gpt.Validation(tokens, tables, seq_len, 5)
     whole = train_gpt.validation_sums(cpu_run(), trained_looking_model, val, 0, None)
     parts = sum(train_gpt.validation_sums(cpu_run(r, world_size), trained_looking_model, val, 0, None)
@@ -160,7 +160,7 @@ def test_batch_size_changes_nothing_but_the_batching(trained_looking_model, data
     """Short last batches are padded with windows that must count nowhere."""
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, 32, VOCAB_SIZE)[: 32 * 11 + 1]
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     one, seven = (train_gpt.validation_sums(cpu_run(), trained_looking_model, train_gpt.Validation(tokens, tables, 32, b),
                                             stride, None) for b in (1, 7))
     assert one[1] == seven[1] == tokens.size - 1 and one[2] == seven[2]
@@ -172,7 +172,7 @@ def test_sliding_window_sums_against_plain_recomputation(trained_looking_model, 
     seq_len, stride = 32, 12
     _, val_files = train_gpt.find_shards(str(dataset))
     tokens = train_gpt.load_validation_tokens(val_files, seq_len, VOCAB_SIZE)[: 32 * 20 + 1 + tail]
-    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE)
+    tables = train_gpt.build_byte_tables(sp, VOCAB_SIZE, torch.device("cpu"))
     whole = train_gpt.validation_sums(cpu_run(), trained_looking_model,
                                       train_gpt.Validation(tokens[: 32 * 20 + 1], tables, seq_len, 5), 0, None)
     sliding = sum(train_gpt.validation_sums(cpu_run(r, world_size), trained_looking_model,

@@ -3,6 +3,9 @@ kernels, and the graphs torch.compile traces."""
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -38,10 +41,10 @@ def test_seed_model_shape_dtypes_and_optimizer_routing():
 
 def test_rotary_angles_are_float32_and_positions_exact():
     cos, sin = train_gpt.rotary_tables(4096, 64, 10000.0, torch.device("cpu"))
-    assert cos.dtype == torch.float32 and cos.shape == (1, 1, 4096, 32)
+    assert cos.dtype == torch.float32 and cos.shape == (1, 4096, 1, 32)  # (batch, position, head, pair)
     # position 4095, lowest frequency pair: angle 4095 exactly (a bf16 position would read 4096)
-    assert sin[0, 0, 4095, 0].item() == pytest.approx(np.sin(4095.0), abs=1e-4)
-    x = torch.randn(1, 1, 4096, 64)
+    assert sin[0, 4095, 0, 0].item() == pytest.approx(np.sin(4095.0), abs=1e-4)
+    x = torch.randn(1, 4096, 1, 64)
     rotated = train_gpt.apply_rotary(x, cos, sin)
     torch.testing.assert_close(rotated.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps lengths
 
@@ -133,19 +136,19 @@ def seed_rotary(x, cos, sin):
 
 def test_partial_rotary_rotates_only_the_first_rope_dims():
     cos, sin = train_gpt.rotary_tables(64, 16, 10000.0, torch.device("cpu"))
-    assert cos.shape == (1, 1, 64, 8)
-    x = torch.randn(2, 3, 64, 48)
+    assert cos.shape == (1, 64, 1, 8)
+    x = torch.randn(2, 64, 3, 48)  # (batch, position, head, head dimension)
     rotated = train_gpt.apply_rotary(x, cos, sin)
     assert torch.equal(rotated[..., 16:], x[..., 16:]), "the other 32 dimensions carry no position"
     # Dimension j < 8 pairs with j + 8 at angle position * 10000^(-j/8): RoPE of a 16-dimensional head.
-    angles = torch.arange(64.0)[:, None] * 10000.0 ** (-torch.arange(8.0) / 8)
+    angles = (torch.arange(64.0)[:, None] * 10000.0 ** (-torch.arange(8.0) / 8))[:, None]  # (position, 1, pair)
     x1, x2 = x[..., :8], x[..., 8:16]
     expected = torch.cat((x1 * angles.cos() + x2 * angles.sin(), x2 * angles.cos() - x1 * angles.sin()), dim=-1)
     torch.testing.assert_close(rotated[..., :16], expected)
 
 
 def test_rope_dims_of_the_whole_head_is_the_seed_rotary():
-    x = torch.randn(2, 3, 64, 48)
+    x = torch.randn(2, 64, 3, 48)
     cos, sin = train_gpt.rotary_tables(64, 48, 10000.0, torch.device("cpu"))
     assert torch.equal(train_gpt.apply_rotary(x, cos, sin), seed_rotary(x, cos, sin))
     ids = torch.randint(0, 64, (2, 16))
@@ -161,11 +164,10 @@ def test_rope_dims_of_the_whole_head_is_the_seed_rotary():
 
 def test_xsa_removes_from_each_head_its_own_value_direction_in_the_last_blocks():
     torch.manual_seed(0)
-    env = dict(SMALL_MODEL, XSA_LAYERS="3", SDPA_BACKEND="flash")  # native GQA: v keeps its 2 heads
+    env = dict(SMALL_MODEL, XSA_LAYERS="3")  # 4 query heads on 2 KV heads
     model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
     assert [block.attn.xsa for block in model.blocks] == [False, True, True, True]
     attn = model.blocks[1].attn
-    assert not attn.expand_kv  # cuDNN's layout, with v repeated, is compared with this one further down
     with torch.no_grad():
         attn.proj.weight.copy_(torch.eye(32))  # the output is then the heads' outputs side by side
     x, rope = torch.randn(2, 10, 32), train_gpt.rotary_tables(10, 8, 10000.0, torch.device("cpu"))
@@ -288,24 +290,94 @@ def test_batched_muon_matches_one_matrix_at_a_time():
         torch.testing.assert_close(p.detach(), w0 - 0.05 * u, rtol=0, atol=0.05 * 0.02)
 
 
+def reference_attention(q, k, v):
+    """Causal attention on (B, T, H, hd) with the KV heads repeated, in float32: what every kernel computes."""
+    group = q.size(2) // k.size(2)
+    k, v = (t.repeat_interleave(group, dim=2).transpose(1, 2).float() for t in (k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2).float(), k, v, is_causal=True).transpose(1, 2)
+
+
 @pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])
-def test_cudnn_layout_computes_the_same_attention(features):
+def test_a_flash_kernel_and_sdpa_compute_the_same_model(features, monkeypatch):
+    """FA3/FA4 take (B, T, H, hd) in bf16 with the KV heads grouped; a stand-in computing the reference shows the
+    model hands them the same attention as SDPA (whose CPU kernel runs for "cudnn" and "flash" alike)."""
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: reference_attention(q, k, v).bfloat16())
     env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
-    native = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="flash")), torch.device("cpu"))
-    expanded = train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND="cudnn")), torch.device("cpu"))
-    assert expanded.blocks[0].attn.expand_kv and not native.blocks[0].attn.expand_kv
+    sdpa, flash = (train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND=b)), torch.device("cpu"))
+                   for b in ("flash", "fa4"))
+    assert flash.blocks[0].attn.backend == "fa4"
     with torch.no_grad():
-        for p in native.parameters():
+        for p in sdpa.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        expanded.load_state_dict(native.state_dict())
+        flash.load_state_dict(sdpa.state_dict())
         x = torch.randint(0, 512, (2, 48))
-        torch.testing.assert_close(expanded.logits(x), native.logits(x), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(flash.logits(x).float(), sdpa.logits(x).float(), rtol=0.02, atol=0.02)
 
 
-def test_attention_kernel_probe_compares_two_kernels():
-    from torch.nn.attention import SDPBackend
-    cpu = torch.device("cpu")
-    assert train_gpt.attention_kernels_agree(cpu, 2, 64, 16, SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
-    with pytest.raises(RuntimeError):  # a kernel that cannot run here raises; select_attention falls back
-        train_gpt.attention_kernels_agree(cpu, 2, 64, 16, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
-    assert train_gpt.select_attention("cudnn", cpu, 8, 4096, 64) == ("cudnn", "")  # no CUDA: nothing to pick
+def fake_fa4_interface():
+    """flash_attn.cute.interface as FA4 has it (the two functions train_gpt.py calls), computed by the reference."""
+    def forward(q, k, v, causal, return_lse):
+        assert causal and return_lse and q.dtype == torch.bfloat16
+        group = q.size(2) // k.size(2)
+        scores = torch.einsum("bthd,bshd->bhts", q.float(), k.float().repeat_interleave(group, dim=2)) / q.size(-1) ** 0.5
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        return reference_attention(q, k, v).to(q.dtype), scores.logsumexp(-1), None, None, None
+
+    def backward(q, k, v, out, dout, lse, causal):  # by hand: a custom op runs below autograd
+        group, scale = q.size(2) // k.size(2), q.size(-1) ** -0.5
+        qf, kf, vf, do = (t.float().transpose(1, 2) for t in (q, k.repeat_interleave(group, 2),
+                                                              v.repeat_interleave(group, 2), dout))
+        scores = (qf @ kf.mT * scale).masked_fill(torch.ones(q.size(1), q.size(1), dtype=torch.bool).triu(1), -1e30)
+        p = scores.softmax(-1)
+        dp = do @ vf.mT
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+        fold = lambda t: t.transpose(1, 2).unflatten(2, (k.size(2), group)).sum(3)  # noqa: E731  (the KV heads' sum)
+        return (ds @ kf * scale).transpose(1, 2).to(q.dtype), fold(ds.mT @ qf * scale).to(q.dtype), \
+            fold(p.mT @ do).to(q.dtype)
+
+    module = types.ModuleType("flash_attn.cute.interface")
+    module._flash_attn_fwd, module._flash_attn_bwd = forward, backward
+    return module
+
+
+def test_fa4_runs_as_torch_ops_that_compile_and_give_the_reference_gradients(monkeypatch):
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake_fa4_interface())
+    fa4 = train_gpt.load_flash_kernel("fa4")  # registers train_gpt::fa4_forward / fa4_backward, once per process
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 16, h, 8, dtype=torch.bfloat16, requires_grad=True) for h in (4, 2, 2))
+    compiled = torch.compile(lambda q, k, v: fa4(q, k, v).float().square().sum(), backend="aot_eager", fullgraph=True)
+    compiled(q, k, v).backward()  # traced through the ops' fake shapes and their autograd formula
+    got = [t.grad.float() for t in (q, k, v)]
+    inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    reference_attention(*inputs).square().sum().backward()
+    for a, b in zip(got, inputs):
+        torch.testing.assert_close(a, b.grad, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(fa4(q, k, v).float(), reference_attention(q, k, v), rtol=0.02, atol=0.02)
+
+
+def test_attention_probe_and_selection(monkeypatch):
+    cpu, args = torch.device("cpu"), train_gpt.Hyperparameters(dict(NUM_HEADS="2", NUM_KV_HEADS="1", MODEL_DIM="32",
+                                                                      TRAIN_SEQ_LEN="64"))
+    assert train_gpt.attention_agrees(cpu, "flash", args)
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: reference_attention(q, k, v).bfloat16())
+    assert train_gpt.attention_agrees(cpu, "fa4", args)
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: 1.5 * reference_attention(q, k, v).bfloat16())
+    assert not train_gpt.attention_agrees(cpu, "fa4", args), "a kernel that computes something else is refused"
+    with pytest.raises(RuntimeError):  # a kernel that cannot run here raises; select_attention passes it over
+        train_gpt.attention_agrees(cpu, "cudnn", args)
+    for requested, picked in (("auto", "flash"), ("fa3", "flash"), ("cudnn", "cudnn"), ("flash", "flash")):
+        args.sdpa_backend = requested  # no CUDA: SDPA's CPU kernels, named as asked where SDPA has the name
+        assert train_gpt.select_attention(args, cpu) == (picked, "")
+
+
+@pytest.mark.parametrize("with_lse", [False, True])
+def test_fa3_gives_the_attention_whether_or_not_its_build_returns_the_lse(monkeypatch, with_lse):
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func = lambda q, k, v, causal: (
+        (reference_attention(q, k, v), None) if with_lse else reference_attention(q, k, v))
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
+    q, k, v = (torch.randn(1, 8, h, 4) for h in (2, 1, 1))
+    torch.testing.assert_close(train_gpt.load_flash_kernel("fa3")(q, k, v), reference_attention(q, k, v))

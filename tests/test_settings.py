@@ -51,7 +51,7 @@ def test_readme_seed_environment_selects_the_seed_math():
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
     model = train_gpt.build_model(args, torch.device("cpu"))
-    assert not any(block.attn.expand_kv or block.parallel or block.attn.xsa for block in model.blocks)
+    assert all(block.attn.backend == "flash" and not (block.parallel or block.attn.xsa) for block in model.blocks)
     assert all(block.norm_scale == 1.0 for block in model.blocks)
     assert model.blocks[0].mlp.leaky_slope == 0 and model.rope_dims == 64 and model.smear_gate is None
 

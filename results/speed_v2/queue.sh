@@ -1,0 +1,41 @@
+#!/bin/bash
+# Issue "Speed v2" (not run yet): every attention kernel in the real training step (tools/benchmark.py: step time,
+# tokens/s, MFU) at the seed's configuration and at the defaults, then the first 100 training losses of each kernel
+# from one init and one data order on the v2 corpus (the same math: only bf16 rounding may differ).
+# Needs FA4 unpacked in /tmp/fa4 (two carries: results/speed_attention_probe/README.md) and, for the losses, the sp8192
+# shards of tools/proxy.sh in /tmp/proxy_v2_sp8192 (any earlier proxy run of the session builds them). Start with:
+#   setsid nohup bash results/speed_v2/queue.sh > /dev/null 2>&1 < /dev/null &
+set -u; export PYTHONUNBUFFERED=1
+Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
+exec >> $Q/console.txt 2>&1
+echo "== speed queue start $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader) train_gpt.py sha256 $(sha256sum train_gpt.py | cut -c1-12)"
+export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # FA4 as pip's .pth would put it
+python3 -c "import torch; print('torch', torch.__version__)"
+SEED_STEP="VOCAB_SIZE=1024 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0"  # the seed's model and optimizer (MLP_MULT=2 as now)
+for backend in flash cudnn fa4 auto; do
+  for cfg in seed defaults; do
+    extra=$([ $cfg = seed ] && echo "$SEED_STEP")
+    echo "== $cfg SDPA_BACKEND=$backend"
+    env $extra SDPA_BACKEND=$backend BENCH_STEPS=30 torchrun --standalone --nproc_per_node=1 tools/benchmark.py \
+      > /tmp/bench_${cfg}_$backend.txt 2>&1; grep -E "^benchmark:" /tmp/bench_${cfg}_$backend.txt || tail -5 /tmp/bench_${cfg}_$backend.txt
+  done
+done
+if [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
+  for backend in flash cudnn fa4; do
+    env SDPA_BACKEND=$backend RUN_ID=loss100_$backend ITERATIONS=100 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 \
+      MAX_WALLCLOCK_SECONDS=0 TTT_EPOCHS=0 EVAL_STRIDE=0 DATA_PATH=/tmp/proxy_v2_sp8192 \
+      TOKENIZER_PATH=/tmp/corpus/fineweb_8192_bpe.model torchrun --standalone --nproc_per_node=1 train_gpt.py \
+      > /tmp/loss100_$backend.out 2>&1
+    echo "== loss100_$backend rc=$? $(grep -E '^(sdpa_backend:|step:100/100 val)' /tmp/loss100_$backend.out | tr '\n' ' ')"
+    cp logs/loss100_$backend.txt $Q/
+  done
+  python3 - <<'PY'
+import re
+losses = {b: [float(m[1]) for m in re.finditer(r"^step:\d+/100 train_loss:([\d.]+) ", open(f"/tmp/q/loss100_{b}.txt").read(), re.M)]
+          for b in ("flash", "cudnn", "fa4")}
+for b in ("cudnn", "fa4"):
+    d = [abs(x - y) for x, y in zip(losses[b], losses["flash"])]
+    print(f"{b} against flash: {len(d)} steps, max |train_loss difference| {max(d):.4f}, at step 100 {d[-1]:.4f}")
+PY
+fi
+echo "== queue done $(date -u +%T)"; touch $Q/done
