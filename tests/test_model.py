@@ -333,19 +333,27 @@ def fake_fa4_interface():
         dp = do @ vf.mT
         ds = p * (dp - (dp * p).sum(-1, keepdim=True))
         fold = lambda t: t.transpose(1, 2).unflatten(2, (k.size(2), group)).sum(3)  # noqa: E731  (the KV heads' sum)
-        return (ds @ kf * scale).transpose(1, 2).to(q.dtype), fold(ds.mT @ qf * scale).to(q.dtype), \
-            fold(p.mT @ do).to(q.dtype)
+        grads = (ds @ kf * scale).transpose(1, 2), fold(ds.mT @ qf * scale), fold(p.mT @ do)
+        return tuple(g.to(q.dtype).contiguous() for g in grads)  # FA4 allocates them (B, T, H, hd), contiguous
 
     module = types.ModuleType("flash_attn.cute.interface")
     module._flash_attn_fwd, module._flash_attn_bwd = forward, backward
     return module
 
 
-def test_fa4_runs_as_torch_ops_that_compile_and_give_the_reference_gradients(monkeypatch):
-    for name in ("flash_attn", "flash_attn.cute"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake_fa4_interface())
-    fa4 = train_gpt.load_flash_kernel("fa4")  # registers train_gpt::fa4_forward / fa4_backward, once per process
+@pytest.fixture(scope="module")
+def fake_fa4():
+    """load_flash_kernel("fa4") on the stand-in interface: it registers train_gpt::fa4_forward and fa4_backward,
+    which a process can do once."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("flash_attn", "flash_attn.cute"):
+            patch.setitem(sys.modules, name, types.ModuleType(name))
+        patch.setitem(sys.modules, "flash_attn.cute.interface", fake_fa4_interface())
+        yield train_gpt.load_flash_kernel("fa4")
+
+
+def test_fa4_runs_as_torch_ops_that_compile_and_give_the_reference_gradients(fake_fa4):
+    fa4 = fake_fa4
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 16, h, 8, dtype=torch.bfloat16, requires_grad=True) for h in (4, 2, 2))
     compiled = torch.compile(lambda q, k, v: fa4(q, k, v).float().square().sum(), backend="aot_eager", fullgraph=True)
@@ -381,3 +389,24 @@ def test_fa3_gives_the_attention_whether_or_not_its_build_returns_the_lse(monkey
     monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
     q, k, v = (torch.randn(1, 8, h, 4) for h in (2, 1, 1))
     torch.testing.assert_close(train_gpt.load_flash_kernel("fa3")(q, k, v), reference_attention(q, k, v))
+
+
+@pytest.mark.slow
+def test_fa4_ops_compile_with_inductor_in_the_whole_model(fake_fa4, monkeypatch):
+    """What a GPU run does with FA4: the whole model through torch.compile(fullgraph=True) and inductor, whose
+    kernels hold the ops to their fake shapes and strides; the same loss as SDPA, and gradients."""
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", fake_fa4)
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", XSA_LAYERS="2")
+    flash, sdpa = (train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND=b)), torch.device("cpu"))
+                   for b in ("fa4", "flash"))
+    with torch.no_grad():
+        for p in sdpa.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        flash.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 512, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.compile(flash, dynamic=False, fullgraph=True)(x, x)
+        want = sdpa(x, x)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(want), rel=0.01)
+    assert flash.blocks[0].attn.c_q.weight.grad.norm() > 0
