@@ -1017,8 +1017,7 @@ def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int
         require(args, name, getattr(args, name) > 0, "> 0", "a positive number")
     require(args, "seed", 0 <= args.seed < 2**32, "between 0 and 2**32-1", "an integer in that range")
     require(args, "iterations", args.iterations >= 0, "0 or more", "a step count")
-    require(args, "sdpa_backend", args.sdpa_backend in ATTENTION_BACKENDS, "one of " + "/".join(ATTENTION_BACKENDS),
-            "auto")
+    require(args, "sdpa_backend", args.sdpa_backend in ATTENTION_BACKENDS, "/".join(ATTENTION_BACKENDS), "auto")
     recur_end = args.recur_start + args.recur_layers
     if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
                                                            and 0 <= args.recur_from_frac < 1):

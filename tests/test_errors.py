@@ -116,7 +116,7 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
     (dict(EMA_HORIZON_FRAC="1.5"), "EMA_HORIZON_FRAC=1.5 must be a fraction of the budget in [0, 1]: set"),
     (dict(RECUR_LAYERS="2", RECUR_START="1"), "RECUR_LAYERS=2 from RECUR_START=1 must lie within NUM_LAYERS=2"),
     (dict(RECUR_LAYERS="1", RECUR_FROM_FRAC="1"), "RECUR_FROM_FRAC=1.0 in [0, 1) (or RECUR_LAYERS=0"),
-    (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND=flex must be one of auto/fa3/fa4/cudnn/flash: set SDPA_BACKEND to "
+    (dict(SDPA_BACKEND="flex"), "SDPA_BACKEND=flex must be auto/fa3/fa4/cudnn/flash: set SDPA_BACKEND to "
                                 "auto (default auto)"),
     (dict(EVAL_STRIDE="-1"), "EVAL_STRIDE=-1 must be 0 or more: set EVAL_STRIDE to 0 (no sliding windows) or"),
     (dict(TTT_EPOCHS="-1"), "TTT_EPOCHS=-1 must be 0 or more: set TTT_EPOCHS to 0 (no test-time training) or"),
