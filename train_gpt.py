@@ -359,9 +359,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
     """(B, T, H, hd) in and out; k and v may have fewer heads: query head h reads KV head h // (H / KV)."""
     if backend in FLASH_KERNELS:
         return FLASH_KERNELS[backend](q.bfloat16(), k.bfloat16(), v.bfloat16())
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                       enable_gqa=k.size(2) != q.size(2))
-    return y.transpose(1, 2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's (B, H, T, hd)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1)).transpose(1, 2)
 
 
 def load_flash_kernel(name: str):
