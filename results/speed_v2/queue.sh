@@ -5,6 +5,8 @@
 # Needs FA4 unpacked in /tmp/fa4 (two carries: results/speed_attention_probe/README.md) and, for the losses, the sp8192
 # shards of tools/proxy.sh in /tmp/proxy_v2_sp8192 (any earlier proxy run of the session builds them). Start with:
 #   setsid nohup bash results/speed_v2/queue.sh > /dev/null 2>&1 < /dev/null &
+# BASE=dir (a checkout of main, where the branch forked) also benchmarks main's path (cuDNN, KV heads repeated).
+# Last, the records' stack (11 layers, MLP 3x, XSA, ...: issue "Defaults for the record run") on cuDNN and FA4.
 set -u; export PYTHONUNBUFFERED=1
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
@@ -12,14 +14,18 @@ echo "== speed queue start $(date -u +%T) $(nvidia-smi --query-gpu=name --format
 export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # FA4 as pip's .pth would put it
 python3 -c "import torch; print('torch', torch.__version__)"
 SEED_STEP="VOCAB_SIZE=1024 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0"  # the seed's model and optimizer (MLP_MULT=2 as now)
-for backend in flash cudnn fa4 auto; do
-  for cfg in seed defaults; do
-    extra=$([ $cfg = seed ] && echo "$SEED_STEP")
-    echo "== $cfg SDPA_BACKEND=$backend"
-    env $extra SDPA_BACKEND=$backend BENCH_STEPS=30 torchrun --standalone --nproc_per_node=1 tools/benchmark.py \
-      > /tmp/bench_${cfg}_$backend.txt 2>&1; grep -E "^benchmark:" /tmp/bench_${cfg}_$backend.txt || tail -5 /tmp/bench_${cfg}_$backend.txt
-  done
+STACK="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1"
+bench() {  # tree label config backend
+  local extra; extra=$(case $3 in seed) echo "$SEED_STEP";; stack) echo "$STACK";; esac)
+  echo "== $2 $3 SDPA_BACKEND=$4"
+  (cd $1 && env $extra SDPA_BACKEND=$4 BENCH_STEPS=30 torchrun --standalone --nproc_per_node=1 tools/benchmark.py) \
+    > $Q/bench_$2_$3_$4.txt 2>&1; grep -E "^benchmark:" $Q/bench_$2_$3_$4.txt || tail -5 $Q/bench_$2_$3_$4.txt
+}
+for cfg in seed defaults; do
+  [ -n "${BASE:-}" ] && bench $BASE main $cfg cudnn
+  for backend in flash cudnn fa4; do bench . branch $cfg $backend; done
 done
+bench . branch defaults auto  # which kernel the probe picks, and that it costs nothing
 if [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
   for backend in flash cudnn fa4; do
     env SDPA_BACKEND=$backend RUN_ID=loss100_$backend ITERATIONS=100 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 \
@@ -38,4 +44,5 @@ for b in ("cudnn", "fa4"):
     print(f"{b} against flash: {len(d)} steps, max |train_loss difference| {max(d):.4f}, at step 100 {d[-1]:.4f}")
 PY
 fi
+bench . branch stack cudnn; bench . branch stack fa4
 echo "== queue done $(date -u +%T)"; touch $Q/done
