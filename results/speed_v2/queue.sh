@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue "Speed v2" (not run yet): every attention kernel in the real training step (tools/benchmark.py: step time,
+# Issue "Speed v2" (ran in session 11: README.md here): every attention kernel in the real training step (tools/benchmark.py: step time,
 # tokens/s, MFU) at the seed's configuration and at the defaults, then the first 100 training losses of each kernel
 # from one init and one data order on the v2 corpus (the same math: only bf16 rounding may differ).
 # Needs FA4 unpacked in /tmp/fa4 (two carries: results/speed_attention_probe/README.md) and, for the losses, the sp8192
