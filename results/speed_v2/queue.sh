@@ -7,7 +7,10 @@
 #   setsid nohup bash results/speed_v2/queue.sh > /dev/null 2>&1 < /dev/null &
 # BASE=dir (a checkout of main, where the branch forked) also benchmarks main's path (cuDNN, KV heads repeated).
 # Last, the records' stack (11 layers, MLP 3x, XSA, ...: issue "Defaults for the record run") on cuDNN and FA4.
+# Arguments pick parts (all when none): bench (seed and defaults, every kernel), losses (the first 100 losses of
+# LOSS_KERNELS, default "flash fa4", each against the first), stack. "main"/"branch" in file names: BASE / this tree.
 set -u; export PYTHONUNBUFFERED=1
+PARTS="$*"; LOSS_KERNELS=${LOSS_KERNELS:-flash fa4}
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
 echo "== speed queue start $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader) train_gpt.py sha256 $(sha256sum train_gpt.py | cut -c1-12)"
@@ -21,13 +24,16 @@ bench() {  # tree label config backend
   (cd $1 && env $extra SDPA_BACKEND=$4 BENCH_STEPS=30 torchrun --standalone --nproc_per_node=1 tools/benchmark.py) \
     > $Q/bench_$2_$3_$4.txt 2>&1; grep -E "^benchmark:" $Q/bench_$2_$3_$4.txt || tail -5 $Q/bench_$2_$3_$4.txt
 }
-for cfg in seed defaults; do
-  [ -n "${BASE:-}" ] && bench $BASE main $cfg cudnn
-  for backend in flash cudnn fa4; do bench . branch $cfg $backend; done
-done
-bench . branch defaults auto  # which kernel the probe picks, and that it costs nothing
-if [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
-  for backend in flash cudnn fa4; do
+want() { [ -z "$PARTS" ] || [[ " $PARTS " == *" $1 "* ]]; }
+if want bench; then
+  for cfg in seed defaults; do
+    [ -n "${BASE:-}" ] && bench $BASE main $cfg cudnn
+    for backend in flash cudnn fa4; do bench . branch $cfg $backend; done
+  done
+  bench . branch defaults auto  # which kernel the probe picks, and that it costs nothing
+fi
+if want losses && [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
+  for backend in $LOSS_KERNELS; do
     env SDPA_BACKEND=$backend RUN_ID=loss100_$backend ITERATIONS=100 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 \
       MAX_WALLCLOCK_SECONDS=0 TTT_EPOCHS=0 EVAL_STRIDE=0 DATA_PATH=/tmp/proxy_v2_sp8192 \
       TOKENIZER_PATH=/tmp/corpus/fineweb_8192_bpe.model torchrun --standalone --nproc_per_node=1 train_gpt.py \
@@ -35,14 +41,15 @@ if [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
     echo "== loss100_$backend rc=$? $(grep -E '^(sdpa_backend:|step:100/100 val)' /tmp/loss100_$backend.out | tr '\n' ' ')"
     cp logs/loss100_$backend.txt $Q/
   done
-  python3 - <<'PY'
-import re
+  LOSS_KERNELS="$LOSS_KERNELS" python3 - <<'PY'
+import os, re
+kernels = os.environ["LOSS_KERNELS"].split()
 losses = {b: [float(m[1]) for m in re.finditer(r"^step:\d+/100 train_loss:([\d.]+) ", open(f"/tmp/q/loss100_{b}.txt").read(), re.M)]
-          for b in ("flash", "cudnn", "fa4")}
-for b in ("cudnn", "fa4"):
-    d = [abs(x - y) for x, y in zip(losses[b], losses["flash"])]
-    print(f"{b} against flash: {len(d)} steps, max |train_loss difference| {max(d):.4f}, at step 100 {d[-1]:.4f}")
+          for b in kernels}
+for b in kernels[1:]:
+    d = [abs(x - y) for x, y in zip(losses[b], losses[kernels[0]])]
+    print(f"{b} against {kernels[0]}: {len(d)} steps, max |train_loss difference| {max(d):.4f}, at step 100 {d[-1]:.4f}")
 PY
 fi
-bench . branch stack cudnn; bench . branch stack fa4
+want stack && { bench . branch stack cudnn; bench . branch stack fa4; }
 echo "== queue done $(date -u +%T)"; touch $Q/done
