@@ -3,8 +3,7 @@
 Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it quantized and compressed
 (int7+lzma; the seed: int8+zlib), and scores the round-tripped artifact in bits per byte (val_bpb) on the full
 validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters). Runs under
-`torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`, on CUDA or the CPU.
-"""
+`torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`, on CUDA or the CPU."""
 
 from __future__ import annotations
 
@@ -134,6 +133,8 @@ class Hyperparameters:
     # Export.
     quant_bits = 7  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
     quant_clip_sigmas = 6.0  # for QUANT_BITS < 8: row clip = this many standard deviations of the row
+    embed_bits = 8  # the tied embedding (also the output head): 8 = int8 by quantile clip (the seed); 5-7: SD-clip
+    embed_clip_sigmas = 14.0  # for EMBED_BITS < 8 (the records' int7 embedding: 14-15)
     compressor = "lzma"  # lzma (stdlib xz; smaller) or zlib (the seed)
     quant_gptq = False  # round the intN rows by GPTQ, with Hessians from training batches (0: to nearest)
     gptq_calib_batches = 4  # of TRAIN_BATCH_TOKENS: 6x the GPTQ paper's 128 x 2048 tokens
@@ -432,11 +433,9 @@ class Block(nn.Module):
         self.norm_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0  # deeper blocks start as smaller edits
         dim = args.model_dim
         self.attn = CausalSelfAttention(dim, args.num_heads, args.num_kv_heads, args.qk_gain_init,
-                                        backend=args.sdpa_backend,
-                                        xsa=layer >= args.num_layers - args.xsa_layers)
+                                        backend=args.sdpa_backend, xsa=layer >= args.num_layers - args.xsa_layers)
         self.mlp = MLP(dim, args.mlp_mult, args.mlp_leaky_slope)
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
 
     def forward(self, x: Tensor, x0: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
@@ -511,9 +510,8 @@ class GPT(nn.Module):
 
 
 def build_model(args: Hyperparameters, device: torch.device) -> GPT:
-    """Initializes on the CPU under the seed (same weights on every device), then sets the
-    training dtypes: bf16 embedding, fp32 linear masters (rounded to bf16 once, as the
-    record's whole-model cast does), fp32 control tensors."""
+    """Initializes on the CPU under the seed (same weights on every device), then sets the training dtypes: bf16
+    embedding, fp32 linear masters (rounded to bf16 once, as the record's whole-model cast does), fp32 controls."""
     torch.manual_seed(args.seed)
     model = GPT(args).bfloat16()
     for module in model.modules():
@@ -663,7 +661,7 @@ def muon_momentum(step: int, budget_fraction: float, args: Hyperparameters) -> f
 QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
 KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_QUANTILE = 99.99984 / 100
-KEEP_INT8 = ("tok_emb.weight",)  # the tied embedding is also the output head, the most sensitive matrix
+EMBEDDING = "tok_emb.weight"  # exported by EMBED_BITS: the tied embedding is also the output head, the most sensitive
 COMPRESSORS = ("zlib", "lzma")
 ARTIFACT_LIMIT_BYTES = 16_000_000  # the challenge's cap on code + compressed model, decimal
 XZ_MAGIC = b"\xfd7zXZ\x00"  # how an lzma (.xz) artifact begins; a zlib one begins with 0x78
@@ -732,8 +730,8 @@ def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float
 
 
 def quantize_state_dict(state: dict[str, Tensor], bits: int, clip_sigmas: float, hessians: dict | None,
-                        damp: float) -> tuple[dict, dict]:
-    """intN matrices that have a Hessian (by name) are rounded by GPTQ."""
+                        damp: float, embed: tuple[int, float] = (8, 0.0)) -> tuple[dict, dict]:
+    """intN matrices that have a Hessian (by name) are rounded by GPTQ; embed: the embedding's (bits, clip_sigmas)."""
     obj = dict(__quant_format__=QUANT_FORMAT, quantized={}, scales={}, dtypes={}, passthrough={},
                qmeta={}, passthrough_orig_dtypes={})
     if bits < 8:  # said once for the whole artifact, even if no matrix is big enough to use it
@@ -751,11 +749,12 @@ def quantize_state_dict(state: dict[str, Tensor], bits: int, clip_sigmas: float,
             obj["passthrough"][name] = t
             stats["payload_bytes"] += t.numel() * t.element_size()
             continue
-        if bits < 8 and t.ndim == 2 and name not in KEEP_INT8:
+        row_bits, sigmas = embed if name == EMBEDDING else (bits, clip_sigmas)
+        if row_bits < 8 and t.ndim == 2:
             hessian = (hessians or {}).get(name)
-            q, scale = quantize_rows_nearest(t, bits, clip_sigmas) if hessian is None else (  # on H's device: the GPU
-                x.cpu() for x in quantize_rows_gptq(t.to(hessian.device), hessian, bits, clip_sigmas, damp))
-            obj["qmeta"][name] = dict(scheme="per_row", axis=0, bits=bits)
+            q, scale = quantize_rows_nearest(t, row_bits, sigmas) if hessian is None else (  # on H's device: the GPU
+                x.cpu() for x in quantize_rows_gptq(t.to(hessian.device), hessian, row_bits, sigmas, damp))
+            obj["qmeta"][name] = dict(scheme="per_row", axis=0, bits=row_bits)
         else:
             q, scale = quantize_tensor(t)
             if scale.ndim:
@@ -1048,8 +1047,9 @@ def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int
             f"{per_micro_step} or more")
     if args.eval_artifact:  # the artifact says how it was exported
         return
-    require(args, "quant_bits", 5 <= args.quant_bits <= 8, "in 5..8", "a number in that range (8: the seed's int8)")
-    require(args, "quant_clip_sigmas", args.quant_clip_sigmas > 0, "> 0", "a positive number of std deviations")
+    for bits, sigmas in (("quant_bits", "quant_clip_sigmas"), ("embed_bits", "embed_clip_sigmas")):
+        require(args, bits, 5 <= getattr(args, bits) <= 8, "in 5..8", "a number in that range (8: the seed's int8)")
+        require(args, sigmas, getattr(args, sigmas) > 0, "> 0", "a positive number of std deviations")
     require(args, "compressor", args.compressor in COMPRESSORS, "one of " + "/".join(COMPRESSORS), "either")
     cap = args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else math.inf
     for bad, fix in ((args.quant_bits == 8, f"QUANT_BITS < 8 (not {args.quant_bits})"),
@@ -1351,7 +1351,7 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
     quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
-                                                 args.gptq_damp)
+                                                 args.gptq_damp, (args.embed_bits, args.embed_clip_sigmas))
     blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
     ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)

@@ -41,10 +41,10 @@ def pytest_collection_modifyitems(config, items):
 SMALL_MODEL = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2")
 
 
-def quantize(state, bits=8, clip_sigmas=6.0, hessians=None, damp=0.01):
+def quantize(state, bits=8, clip_sigmas=6.0, hessians=None, damp=0.01, embed=(8, 0.0)):
     """train_gpt.quantize_state_dict with the seed's int8 unless told otherwise."""
     import train_gpt
-    return train_gpt.quantize_state_dict(state, bits, clip_sigmas, hessians, damp)
+    return train_gpt.quantize_state_dict(state, bits, clip_sigmas, hessians, damp, embed)
 
 
 def leave_gloo() -> None:

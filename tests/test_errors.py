@@ -126,6 +126,9 @@ def test_missing_tokenizer(monkeypatch, tmp_path, dataset):
                                                    "TTT_EPOCHS=0 (no test-time training)"),
     (dict(EVAL_ARTIFACT="nope.int8.ptz"), "cannot read artifact nope.int8.ptz"),
     (dict(QUANT_BITS="4"), "QUANT_BITS=4 must be in 5..8: set QUANT_BITS to"),
+    (dict(EMBED_BITS="9"), "EMBED_BITS=9 must be in 5..8: set EMBED_BITS to a number in that range (8: the seed's int8) "
+                           "(default 8)"),
+    (dict(EMBED_CLIP_SIGMAS="-1"), "EMBED_CLIP_SIGMAS=-1.0 must be > 0: set EMBED_CLIP_SIGMAS to a positive number"),
     (dict(QUANT_CLIP_SIGMAS="0"), "QUANT_CLIP_SIGMAS=0.0 must be > 0: set QUANT_CLIP_SIGMAS to a positive number "
                                   "of std deviations (default 6.0)"),
     (dict(COMPRESSOR="zstd"), "COMPRESSOR=zstd must be one of zlib/lzma: set COMPRESSOR to either "

@@ -167,6 +167,30 @@ def test_intn_rows_clip_at_sigmas_and_round_within_half_a_step(bits, sigmas):
                                                                        "blocks.0.attn_scale"}
 
 
+@pytest.mark.parametrize("bits", [8, 6])
+def test_embed_bits_put_the_embedding_alone_on_an_sd_clipped_grid(bits):
+    """EMBED_BITS=7 exports the tied embedding as the block matrices' intN rows are (clip = EMBED_CLIP_SIGMAS
+    standard deviations of the row), whatever QUANT_BITS is; every other tensor is exported as without it. Rows
+    whose int8 step is set by their max (not by the 1/127 floor) shrink under lzma by over a bit per weight."""
+    state, emb = export_state(), "tok_emb.weight"
+    state[emb] = torch.randn(4096, 160)  # the max of a row, about 2.8 sigma, sets int8's step: 0.022 sigma
+    plain = quantize(state, bits=bits, clip_sigmas=12.85)[0]
+    obj = quantize(state, bits=bits, clip_sigmas=12.85, embed=(7, 14.0))[0]
+    q, scale = train_gpt.quantize_rows_nearest(state[emb], 7, clip_sigmas=14.0)
+    assert torch.equal(obj["quantized"][emb], q) and torch.equal(obj["scales"][emb], scale)
+    assert obj["qmeta"][emb] == dict(scheme="per_row", axis=0, bits=7) and q.abs().max() <= 63
+    step = 14.0 * state[emb].std(dim=1, correction=0) / 63
+    assert torch.allclose(obj["scales"][emb].float(), step, rtol=1e-3)
+    back = train_gpt.dequantize_state_dict(obj)[emb]
+    assert ((back - state[emb]).abs() <= obj["scales"][emb].float()[:, None] / 2 + 1e-6).all(), "no row clips at 14σ"
+    for part in ("quantized", "scales", "passthrough"):
+        for name, t in plain[part].items():
+            assert name == emb or torch.equal(obj[part][name], t), (part, name)
+    assert obj.get("bits") == plain.get("bits") == (bits if bits < 8 else None)
+    size8, size7 = (len(train_gpt.serialize_artifact(o, "lzma")[0]) for o in (plain, obj))
+    assert size8 - size7 > state[emb].numel() / 8, (size8, size7)  # int7 at 14 sigma: steps of 0.22 sigma
+
+
 def dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 

@@ -25,10 +25,10 @@ SPEC_DEFAULTS = dict(
 SEED_SWITCHES = dict(sdpa_backend="flash", warmdown_frac=0.0, muon_momentum_warmup_frac=0.0, eval_stride=0,
                      mlp_leaky_slope=0.0, parallel_layers=0, recur_layers=0, muon_weight_decay=0.0, muon_row_norm=False,
                      rope_dims=0, ln_scale=False, xsa_layers=0, smear_gate=False, ema_horizon_frac=0.0,
-                     quant_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
+                     quant_bits=8, embed_bits=8, compressor="zlib", quant_gptq=False, ttt_epochs=0)
 # Settings that do not change what is computed (or only matter when a switch above is on).
 NOT_MATH = {"run_id", "eval_artifact", "compile", "recur_start", "recur_from_frac", "quant_clip_sigmas",
-            "gptq_calib_batches", "gptq_damp", "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
+            "embed_clip_sigmas", "gptq_calib_batches", "gptq_damp", "gptq_reserve_seconds", "ttt_lr", "ttt_chunk_tokens"}
 
 
 # ---- hyperparameters --------------------------------------------------------------------------

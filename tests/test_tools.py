@@ -46,10 +46,13 @@ def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_
     assert (tmp_path / "again.ptz").read_bytes() == (cwd / "artifacts" / "first_model.int8.ptz").read_bytes()
     code = len((ROOT / "train_gpt.py").read_bytes())
     model = (tmp_path / "again.ptz").stat().st_size
-    assert f"requantize: int8+zlib clip_sigmas:6.0 gptq:False model_bytes:{model} code_bytes:{code} " \
+    assert f"requantize: int8+zlib clip_sigmas:6.0 gptq:False embed_bits:8 embed_clip_sigmas:14.0 " \
+           f"model_bytes:{model} code_bytes:{code} " \
            f"total_bytes:{model + code} fits:True out:{tmp_path / 'again.ptz'}" in again.stdout
-    int6 = requantize(tmp_path, raw, tmp_path / "q6.ptz", QUANT_BITS="6", QUANT_CLIP_SIGMAS="4", COMPRESSOR="lzma")
+    int6 = requantize(tmp_path, raw, tmp_path / "q6.ptz", QUANT_BITS="6", QUANT_CLIP_SIGMAS="4", COMPRESSOR="lzma",
+                      EMBED_BITS="7")
     assert int6.returncode == 0 and "requantize: int6+lzma clip_sigmas:4.0 " in int6.stdout, int6.stderr
+    assert artifact_object(tmp_path / "q6.ptz")["qmeta"]["tok_emb.weight"] == dict(scheme="per_row", axis=0, bits=7)
     scored = run_train(tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="q6", EVAL_ARTIFACT=str(tmp_path / "q6.ptz")))
     assert scored.returncode == 0 and re.search(r"^final_int6_lzma_roundtrip_exact ", scored.stdout, re.M), scored.stderr
     # Never over an existing file; bad settings and unreadable weights are one-line errors.
@@ -72,7 +75,7 @@ def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run
     env = tiny_env(dataset, tokenizer_path, QUANT_BITS="6", COMPRESSOR="lzma")  # the run's shapes and data
     gptq = requantize(tmp_path, raw, tmp_path / "gptq.ptz", **env, QUANT_GPTQ="1")
     plain = requantize(tmp_path, raw, tmp_path / "plain.ptz", **env)
-    assert gptq.returncode == 0 and "requantize: int6+lzma clip_sigmas:6.0 gptq:True model_bytes:" in gptq.stdout, \
+    assert gptq.returncode == 0 and "requantize: int6+lzma clip_sigmas:6.0 gptq:True embed_bits:8 " in gptq.stdout, \
         gptq.stderr
     assert plain.returncode == 0 and " gptq:False " in plain.stdout, plain.stderr
     assert train_gpt.load_artifact(str(tmp_path / "gptq.ptz"))[1:] == (6, "lzma")

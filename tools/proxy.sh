@@ -10,9 +10,9 @@
 # and fineweb_${VOCAB}_bpe.model; README "The benchmark proxy on one GPU" says how it reaches the GPU machine. The shards
 # are built once per machine: validation = the first 2,500 documents, held back = the last 2,500
 # (never trained on; each artifact is rescored on them as its run scored, TTT included; HOLDOUT=0
-# skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS with
-# lzma (tools/requantize.py) and scores each export without sliding windows or TTT (8:any = int8,
-# size only). Logs and a line per run go to $RESULTS (default $OUT).
+# skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS[:EMBED_BITS:
+# EMBED_CLIP_SIGMAS] with lzma (tools/requantize.py, rounding to nearest) and scores each export without sliding
+# windows or TTT (8:any = int8, size only). Logs and a line per run go to $RESULTS (default $OUT).
 set -u; export PYTHONUNBUFFERED=1
 [ $# -ge 4 ] && [ $(( ($# - 1) % 3 )) = 0 ] && [[ $1 =~ ^[0-9]+$ ]] || {
   echo "error: usage: bash tools/proxy.sh CAP NAME SEED \"ENV\" [NAME SEED \"ENV\" ...] (CAP in seconds: 180 or 600)" >&2; exit 2; }
@@ -33,6 +33,9 @@ if [ ! -f $DATA/manifest.json ]; then  # build.py writes the manifest last: its 
   echo "== build sp$VOCAB $(( $(date +%s) - t0 ))s"; tail -4 $RES/build_sp$VOCAB.txt
 fi
 common="VOCAB_SIZE=$VOCAB TOKENIZER_PATH=$TOK"
+sweep_point() {  # B:S[:EB:ES] -> b c eb es, and q: the export's run id
+  IFS=: read -r b c eb es <<< "$1"; q=${rid}_q${b}s${c}${eb:+e${eb}s${es}}; eb=${eb:-8}; es=${es:-14}
+}
 while [ $# -ge 3 ]; do
   name=$1; seed=$2; extra=$3; shift 3
   rid=${name}_p${CAP}_s${seed}
@@ -55,18 +58,18 @@ while [ $# -ge 3 ]; do
   [ -n "${SWEEP:-}" ] || continue
   t0=$(date +%s)
   for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)
-    b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}
-    env $common QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c COMPRESSOR=lzma python3 tools/requantize.py \
+    sweep_point $v
+    env $common QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es COMPRESSOR=lzma python3 tools/requantize.py \
       artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1 &
   done; wait
   for v in $SWEEP; do
-    b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; cat /tmp/$q.req
+    sweep_point $v; cat /tmp/$q.req
     [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
       python3 train_gpt.py > /tmp/$q.out 2>&1 &
   done; wait
   for v in $SWEEP; do
-    b=${v%%:*}; c=${v##*:}; q=${rid}_q${b}s${c}; [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
+    sweep_point $v; [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)"
   done
   echo "== ${rid} sweep wall=$(( $(date +%s) - t0 ))s"

@@ -52,14 +52,14 @@ def main(argv: list[str]) -> None:
         raise tg.ConfigError(f"cannot read weights {raw} ({tg.first_line(e)}); point at the "
                              f"artifacts/<RUN_ID>_model.pt a run wrote") from None
     obj, _ = tg.quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, gptq_hessians(run, state, raw),
-                                    args.gptq_damp)
+                                    args.gptq_damp, (args.embed_bits, args.embed_clip_sigmas))
     blob, _ = tg.serialize_artifact(obj, args.compressor)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
     code_bytes = len(Path(tg.__file__).read_bytes())
     total = len(blob) + code_bytes
     print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} gptq:{args.quant_gptq} "
-          f"model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{total} "
+          f"embed_bits:{args.embed_bits} embed_clip_sigmas:{args.embed_clip_sigmas} model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{total} "
           f"fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
 
 

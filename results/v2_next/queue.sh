@@ -27,12 +27,14 @@
 # Part 11 (~560 s, for a session shared with the speed queue of issue "Speed v2", which needs the sp8192 shards this
 #   builds): the stack at P60v2 (its size against training length, with part 8's P600) and the seed environment at
 #   P180v2 seed 1338 (the one run of "Benchmark v2" item 2 not made). Part 6's seed_frac screen waits.
-# Part 12 (issues "Benchmark v2", "Defaults for the record run", "Speed v2"; ~1,300 s with the corpus and FA4 staged,
+# Part 12 (issues "Benchmark v2", "Defaults for the record run", "Speed v2"; ~1,400 s with the corpus and FA4 staged,
 #   part 11's runs that were lost or cut, v2_part11/README.md): the seed environment at P180v2 seed 1338 with its
 #   held-back score, the records' stack at P180v2 with the full final score (its size between P60 and P600; FA4 in
-#   sliding-window scoring and TTT); then, from the same command, `bash results/speed_v2/queue.sh losses stack`,
-#   then part 13: part 6's seed_frac screen. FlashAttention-4, where staged in /tmp/fa4, is on the path of every run
-#   (SDPA_BACKEND=auto takes it, as the challenge's image takes FA3); the seed environment keeps flash SDPA.
+#   sliding-window scoring and TTT) and its weights re-exported with the embedding at int7 by a 12, 14 (the
+#   records') and 17 sigma clip (v2_part11 predicts a margin of only 5,740 bytes); then, from the same command,
+#   `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac screen. FlashAttention-4,
+#   where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it, as the challenge's image
+#   takes FA3); the seed environment keeps flash SDPA. Collect with README's tarball loop (only 8 files come back).
 set -u; export PYTHONUNBUFFERED=1
 PART=${1:?usage: queue.sh PART (1-13)}
 [ -d /tmp/fa4 ] && export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # as pip's .pth would
@@ -72,7 +74,8 @@ case $PART in
 11) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL GPTQ_RESERVE_SECONDS=3"
    VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0" ;;
 12) VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
-   HOLDOUT=0 bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
+   HOLDOUT=0 SWEEP="6:12.85 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17" \
+     bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
