@@ -368,8 +368,19 @@ def test_fa4_runs_as_torch_ops_that_compile_and_give_the_reference_gradients(fak
 
 def test_attention_probe_and_selection(monkeypatch):
     cpu, args = torch.device("cpu"), train_gpt.Hyperparameters(dict(NUM_HEADS="2", NUM_KV_HEADS="1", MODEL_DIM="32",
-                                                                      TRAIN_SEQ_LEN="64"))
+                                                                      TRAIN_SEQ_LEN="64", COMPILE="0"))
     assert train_gpt.attention_agrees(cpu, "flash", args)
+    # A kernel that torch.compile cannot trace (an FA3 build without torch ops) is refused by the probe, compiled
+    # as the model is, not at the model's first compiled step.
+    untraceable = lambda q, k, v: (torch._dynamo.graph_break(), reference_attention(q, k, v).bfloat16())[1]  # noqa
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa3", untraceable)
+    assert train_gpt.attention_agrees(cpu, "fa3", args)
+    args.compile = True
+    with pytest.raises(Exception, match="graph_break|Unsupported|graph break"):
+        train_gpt.attention_agrees(cpu, "fa3", args)
+    monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa3", lambda q, k, v: reference_attention(q, k, v).bfloat16())
+    assert train_gpt.attention_agrees(cpu, "fa3", args), "a traceable kernel passes compiled"
+    args.compile = False
     monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: reference_attention(q, k, v).bfloat16())
     assert train_gpt.attention_agrees(cpu, "fa4", args)
     monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: 1.5 * reference_attention(q, k, v).bfloat16())

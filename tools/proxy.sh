@@ -12,7 +12,7 @@
 # (never trained on; each artifact is rescored on them as its run scored, TTT included; HOLDOUT=0
 # skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS[:EMBED_BITS:
 # EMBED_CLIP_SIGMAS] with lzma (tools/requantize.py, rounding to nearest) and scores each export without sliding
-# windows or TTT (8:any = int8, size only). Logs and a line per run go to $RESULTS (default $OUT).
+# windows or TTT (8:any with an int8 embedding: size only). Logs and a line per run go to $RESULTS (default $OUT).
 set -u; export PYTHONUNBUFFERED=1
 [ $# -ge 4 ] && [ $(( ($# - 1) % 3 )) = 0 ] && [[ $1 =~ ^[0-9]+$ ]] || {
   echo "error: usage: bash tools/proxy.sh CAP NAME SEED \"ENV\" [NAME SEED \"ENV\" ...] (CAP in seconds: 180 or 600)" >&2; exit 2; }
@@ -59,17 +59,18 @@ while [ $# -ge 3 ]; do
   t0=$(date +%s)
   for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)
     sweep_point $v
-    env $common QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es COMPRESSOR=lzma python3 tools/requantize.py \
+    env $common SDPA_BACKEND=flash QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es \
+      COMPRESSOR=lzma python3 tools/requantize.py \
       artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1 &
   done; wait
   for v in $SWEEP; do
     sweep_point $v; cat /tmp/$q.req
-    [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
+    [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
       python3 train_gpt.py > /tmp/$q.out 2>&1 &
   done; wait
   for v in $SWEEP; do
-    sweep_point $v; [ "$b" = 8 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
+    sweep_point $v; [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)"
   done
   echo "== ${rid} sweep wall=$(( $(date +%s) - t0 ))s"

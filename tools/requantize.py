@@ -6,10 +6,10 @@
         torchrun --standalone --nproc_per_node=1 train_gpt.py      # its score, as the run's roundtrip_without_sliding
 
 Reads the raw weights a run saves beside its artifact (artifacts/<RUN_ID>_model.pt), quantizes and
-compresses them exactly as train_gpt.py's export does under QUANT_BITS, QUANT_CLIP_SIGMAS and
-COMPRESSOR, writes the artifact (never over an existing file) and prints one line:
+compresses them exactly as train_gpt.py's export does under QUANT_BITS, QUANT_CLIP_SIGMAS, EMBED_BITS,
+EMBED_CLIP_SIGMAS and COMPRESSOR, writes the artifact (never over an existing file) and prints one line:
 
-    requantize: int6+lzma clip_sigmas:6.0 gptq:False model_bytes:11234567 code_bytes:68453 total_bytes:11303020 fits:True
+    requantize: int6+lzma clip_sigmas:6.0 gptq:False embed_bits:8 embed_clip_sigmas:14.0 model_bytes:11234567 ...
 
 With QUANT_GPTQ=1 the rows are rounded by GPTQ, so that GPTQ and plain rounding compare on the same
 weights. Its Hessians come from the model rebuilt from the environment (the shape settings, VOCAB_SIZE,
@@ -40,7 +40,7 @@ import train_gpt as tg  # noqa: E402
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise tg.ConfigError("usage: tools/requantize.py RAW_WEIGHTS.pt OUT.ptz (settings from QUANT_BITS, "
-                             "QUANT_CLIP_SIGMAS, COMPRESSOR, QUANT_GPTQ)")
+                             "QUANT_CLIP_SIGMAS, EMBED_BITS, EMBED_CLIP_SIGMAS, COMPRESSOR, QUANT_GPTQ)")
     raw, out = Path(argv[0]), Path(argv[1])
     if out.exists():
         raise tg.ConfigError(f"{out} already exists; name another output file")
@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
     code_bytes = len(Path(tg.__file__).read_bytes())
     total = len(blob) + code_bytes
     print(f"requantize: {tg.export_label(args)} clip_sigmas:{args.quant_clip_sigmas} gptq:{args.quant_gptq} "
-          f"embed_bits:{args.embed_bits} embed_clip_sigmas:{args.embed_clip_sigmas} model_bytes:{len(blob)} code_bytes:{code_bytes} total_bytes:{total} "
+          f"embed_bits:{args.embed_bits} embed_clip_sigmas:{args.embed_clip_sigmas} model_bytes:{len(blob)} "
+          f"code_bytes:{code_bytes} total_bytes:{total} "
           f"fits:{total <= tg.ARTIFACT_LIMIT_BYTES} out:{out}", flush=True)
 
 
