@@ -30,12 +30,13 @@
 # Part 12 (issues "Benchmark v2", "Defaults for the record run", "Speed v2"; ~1,400 s with the corpus and FA4 staged,
 #   part 11's runs that were lost or cut, v2_part11/README.md): the seed environment at P180v2 seed 1338 with its
 #   held-back score, the records' stack at P180v2 with the full final score (its size between P60 and P600; FA4 in
-#   sliding-window scoring and TTT) and its weights re-exported with the embedding at int7 by a 12, 14 (the
-#   records') and 17 sigma clip (v2_part11 predicts a margin of only 5,740 bytes); then, from the same command,
-#   `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac screen. FlashAttention-4,
-#   where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it, as the challenge's image
-#   takes FA3); the seed environment keeps flash SDPA. Each queue touches /tmp/q/done, so the chain has its own
-#   marker; its start, in the command that stages the corpus's last part (and FA4 in the two commands before):
+#   sliding-window scoring and TTT) and its weights re-exported with the blocks' clip at 14 sigma, and with the
+#   embedding at int7 by a 12, 14 (the records') and 17 sigma clip (v2_part11 predicts a margin of only 5,740
+#   bytes; rounded to nearest: compare the sweep's points with each other, not with the GPTQ artifact); then,
+#   from the same command, `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac
+#   screen. FlashAttention-4, where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it,
+#   as the challenge's image takes FA3); the seed environment keeps flash SDPA. Each queue touches /tmp/q/done,
+#   so the chain has its own marker; its start, in the command that stages the corpus's last part (and FA4 in the two commands before):
 #     (setsid nohup bash -c 'bash results/v2_next/queue.sh 12; bash results/speed_v2/queue.sh losses stack;
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
@@ -78,7 +79,7 @@ case $PART in
 11) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL GPTQ_RESERVE_SECONDS=3"
    VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0" ;;
 12) VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
-   HOLDOUT=0 SWEEP="6:12.85 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17" \
+   HOLDOUT=0 SWEEP="6:12.85 6:14 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17" \
      bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
