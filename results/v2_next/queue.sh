@@ -36,7 +36,8 @@
 #   from the same command, `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac
 #   screen. FlashAttention-4, where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it,
 #   as the challenge's image takes FA3); the seed environment keeps flash SDPA. Each queue touches /tmp/q/done,
-#   so the chain has its own marker; its start, in the command that stages the corpus's last part (and FA4 in the two commands before):
+#   so the chain has its own marker; its start, in the command that stages the corpus's last part (and FA4 in
+#   the two commands before):
 #     (setsid nohup bash -c 'bash results/v2_next/queue.sh 12; bash results/speed_v2/queue.sh losses stack;
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
