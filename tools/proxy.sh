@@ -67,7 +67,7 @@ while [ $# -ge 3 ]; do
     sweep_point $v; cat /tmp/$q.req
     [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
-      python3 train_gpt.py > /tmp/$q.out 2>&1 &
+      VAL_BATCH_SIZE=131072 python3 train_gpt.py > /tmp/$q.out 2>&1 &  # quarter batches: several scores share the GPU
   done; wait
   for v in $SWEEP; do
     sweep_point $v; [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
