@@ -655,7 +655,7 @@ def muon_momentum(step: int, budget_fraction: float, args: Hyperparameters) -> f
 # The artifact is int8 with one fp16 scale per row for big matrices (rows track output channels), fp16 for small
 # tensors, fp32 for control tensors, all torch.save'd and zlib'd. QUANT_BITS < 8 puts the block matrices (EMBED_BITS
 # the embedding) on fewer levels (stored as int8, which the compressor shrinks); COMPRESSOR=lzma swaps zlib for xz.
-# QUANT_GPTQ=1 picks those levels by GPTQ. The score comes from the model rebuilt from these bytes, never from the trained weights.
+# QUANT_GPTQ=1 picks them by GPTQ. The score comes from the model rebuilt from these bytes, never the trained weights.
 # -----------------------------------------------------------------------------
 
 QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
