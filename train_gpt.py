@@ -1082,10 +1082,11 @@ def attention_agrees(device: torch.device, backend: str, args: Hyperparameters) 
     gen, head_dim, results = torch.Generator(device=device).manual_seed(0), args.model_dim // args.num_heads, []
     q, k, v = (torch.randn(1, args.train_seq_len, h, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
                for h in (args.num_heads, args.num_kv_heads, args.num_kv_heads))
+    attend = torch.compile(causal_attention, fullgraph=True) if args.compile else causal_attention
     for name in (backend, "flash"):
         inputs = [t.clone().requires_grad_() for t in (q, k, v)]
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION if name == "cudnn" else SDPBackend.FLASH_ATTENTION):
-            out = (torch.compile(causal_attention, fullgraph=True) if args.compile else causal_attention)(*inputs, name)
+            out = attend(*inputs, name)
         out.float().square().sum().backward()
         results.append([out.detach().float()] + [t.grad.float() for t in inputs])
     # bf16 outputs of two correct kernels differ by well under 1%; a broken kernel by far more.

@@ -297,19 +297,26 @@ def reference_attention(q, k, v):
     return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2).float(), k, v, is_causal=True).transpose(1, 2)
 
 
+def sdpa_and_fa4_twins(features: dict) -> tuple:
+    """Two small models with the same (perturbed, so not at init) weights: one on flash SDPA, one on FA4."""
+    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
+    sdpa, fa4 = (train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND=b)), torch.device("cpu"))
+                 for b in ("flash", "fa4"))
+    with torch.no_grad():
+        for p in sdpa.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        fa4.load_state_dict(sdpa.state_dict())
+    return sdpa, fa4
+
+
 @pytest.mark.parametrize("features", [{}, BEYOND_SEED_MODEL])
 def test_a_flash_kernel_and_sdpa_compute_the_same_model(features, monkeypatch):
     """FA3/FA4 take (B, T, H, hd) in bf16 with the KV heads grouped; a stand-in computing the reference shows the
     model hands them the same attention as SDPA (whose CPU kernel runs for "cudnn" and "flash" alike)."""
     monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", lambda q, k, v: reference_attention(q, k, v).bfloat16())
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", **features)
-    sdpa, flash = (train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND=b)), torch.device("cpu"))
-                   for b in ("flash", "fa4"))
+    sdpa, flash = sdpa_and_fa4_twins(features)
     assert flash.blocks[0].attn.backend == "fa4"
     with torch.no_grad():
-        for p in sdpa.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        flash.load_state_dict(sdpa.state_dict())
         x = torch.randint(0, 512, (2, 48))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             torch.testing.assert_close(flash.logits(x).float(), sdpa.logits(x).float(), rtol=0.02, atol=0.02)
@@ -407,13 +414,7 @@ def test_fa4_ops_compile_with_inductor_in_the_whole_model(fake_fa4, monkeypatch)
     """What a GPU run does with FA4: the whole model through torch.compile(fullgraph=True) and inductor, whose
     kernels hold the ops to their fake shapes and strides; the same loss as SDPA, and gradients."""
     monkeypatch.setitem(train_gpt.FLASH_KERNELS, "fa4", fake_fa4)
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", XSA_LAYERS="2")
-    flash, sdpa = (train_gpt.build_model(train_gpt.Hyperparameters(dict(env, SDPA_BACKEND=b)), torch.device("cpu"))
-                   for b in ("fa4", "flash"))
-    with torch.no_grad():
-        for p in sdpa.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        flash.load_state_dict(sdpa.state_dict())
+    sdpa, flash = sdpa_and_fa4_twins(dict(XSA_LAYERS="2"))
     x = torch.randint(0, 512, (2, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = torch.compile(flash, dynamic=False, fullgraph=True)(x, x)

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Issue "Speed v2" (ran in session 11: README.md here): every attention kernel in the real training step (tools/benchmark.py: step time,
-# tokens/s, MFU) at the seed's configuration and at the defaults, then the first 100 training losses of each kernel
-# from one init and one data order on the v2 corpus (the same math: only bf16 rounding may differ).
+# Issue "Speed v2" (ran in session 11: README.md here): every attention kernel in the real training step
+# (tools/benchmark.py: step time, tokens/s, MFU) at the seed's configuration and at the defaults, then the first 100
+# training losses of each kernel from one init and one data order on the v2 corpus (the same math: only bf16
+# rounding may differ).
 # Needs FA4 unpacked in /tmp/fa4 (two carries: results/speed_attention_probe/README.md) and, for the losses, the sp8192
 # shards of tools/proxy.sh in /tmp/proxy_v2_sp8192 (any earlier proxy run of the session builds them). Start with:
 #   setsid nohup bash results/speed_v2/queue.sh > /dev/null 2>&1 < /dev/null &
@@ -32,8 +33,9 @@ if want bench; then
   done
   bench . branch defaults auto  # which kernel the probe picks, and that it costs nothing
 fi
-want losses && [ ! -f /tmp/proxy_v2_sp8192/manifest.json ] && echo "== losses skipped: no /tmp/proxy_v2_sp8192 shards"
-if want losses && [ -f /tmp/proxy_v2_sp8192/manifest.json ]; then
+if want losses && [ ! -f /tmp/proxy_v2_sp8192/manifest.json ]; then
+  echo "== losses skipped: no /tmp/proxy_v2_sp8192 shards"
+elif want losses; then
   for backend in $LOSS_KERNELS; do
     env SDPA_BACKEND=$backend RUN_ID=loss100_$backend ITERATIONS=100 TRAIN_LOG_EVERY=1 VAL_LOSS_EVERY=0 \
       MAX_WALLCLOCK_SECONDS=0 TTT_EPOCHS=0 EVAL_STRIDE=0 DATA_PATH=/tmp/proxy_v2_sp8192 \
