@@ -1,7 +1,7 @@
 """Parameter-golf record script: "Training Opt Seq4096 v1", rebuilt as one readable file.
 
 Trains a 9-layer, 512-wide GPT on FineWeb token shards under a wallclock cap, exports it quantized and compressed
-(int7+lzma; the seed: int8+zlib), and scores the round-tripped artifact in bits per byte (val_bpb) on the full
+(int7+rans; the seed: int8+zlib), and scores the round-tripped artifact in bits per byte (val_bpb) on the full
 validation split, in sliding windows. Every knob is an environment variable (see Hyperparameters). Runs under
 `torchrun --standalone --nproc_per_node=N train_gpt.py` (N in 1, 2, 4, 8) or plain `python3`, on CUDA or the CPU."""
 
@@ -53,7 +53,6 @@ def first_line(e: Exception) -> str:
 # Each attribute below is read from the environment variable of the same name in upper case; the value written here
 # is the record's default. One table, read once when the object is built.
 # -----------------------------------------------------------------------------
-
 def parse_env_value(var: str, raw: str, kind: type) -> object:
     words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
     try:
@@ -135,7 +134,7 @@ class Hyperparameters:
     quant_clip_sigmas = 6.0  # for QUANT_BITS < 8: row clip = this many standard deviations of the row
     embed_bits = 8  # the tied embedding (also the output head): 8 = int8 by quantile clip (the seed); 5-7: SD-clip
     embed_clip_sigmas = 14.0  # for EMBED_BITS < 8 (the records' int7 embedding: 14-15)
-    compressor = "lzma"  # lzma (stdlib xz; smaller) or zlib (the seed)
+    compressor = "rans"  # rans: the intN values entropy-coded, the rest lzma (smallest); lzma (xz); zlib (the seed)
     quant_gptq = False  # round the intN rows by GPTQ, with Hessians from training batches (0: to nearest)
     gptq_calib_batches = 4  # of TRAIN_BATCH_TOKENS: 6x the GPTQ paper's 128 x 2048 tokens
     gptq_damp = 0.01  # added to the Hessian's diagonal, times its mean
@@ -146,9 +145,8 @@ class Hyperparameters:
     sdpa_backend = "auto"  # CUDA attention kernel: auto (the first that runs of fa3, fa4, cudnn), or flash (the seed's)
 
     def __init__(self, environ: dict[str, str] | None = None):
-        environ = os.environ if environ is None else environ
         for name, default in self.defaults().items():
-            raw = environ.get(name.upper())
+            raw = (os.environ if environ is None else environ).get(name.upper())
             setattr(self, name, default if raw is None else parse_env_value(name.upper(), raw, type(default)))
 
     @classmethod
@@ -165,7 +163,6 @@ class Hyperparameters:
 # train shards as one endless stream; every micro-step takes one contiguous chunk and hands each rank its own slice,
 # so the global batch and the data order are the same on 1, 2, 4 or 8 processes.
 # -----------------------------------------------------------------------------
-
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 GET_DATA_HINT = ("get data with `python3 data/download.py --variant sp8192` (sp1024 for the seed) or build it "
                  "with data/build.py")
@@ -187,8 +184,7 @@ def read_shard_header(path: Path) -> int:
 
 
 def load_shard(path: Path, vocab_size: int) -> np.ndarray:
-    n_tokens = read_shard_header(path)
-    tokens = np.fromfile(path, dtype="<u2", count=n_tokens, offset=SHARD_HEADER_BYTES)
+    tokens = np.fromfile(path, dtype="<u2", count=read_shard_header(path), offset=SHARD_HEADER_BYTES)
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise ConfigError(f"{path} holds token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}; "
                           f"the shards were made with another tokenizer: set VOCAB_SIZE and TOKENIZER_PATH to match")
@@ -196,8 +192,7 @@ def load_shard(path: Path, vocab_size: int) -> np.ndarray:
 
 
 def find_shards(data_path: str, need_train: bool = True) -> tuple[list[Path], list[Path]]:
-    """Returns (train, val) shard paths in sorted order, with every header checked; without
-    need_train (scoring an artifact) the train shards are neither needed nor read."""
+    """Sorted (train, val) shard paths, every header checked; need_train=False (scoring an artifact): no train ones."""
     root = Path(data_path)
     if not root.is_dir():
         raise ConfigError(f"DATA_PATH={data_path} is not a folder; {GET_DATA_HINT}, or set DATA_PATH")
@@ -225,8 +220,7 @@ def load_validation_tokens(val_files: list[Path], seq_len: int, vocab_size: int)
 
 
 class DistributedTokenLoader:
-    """The train shards in sorted order as one endless stream. A batch takes world_size*(L+1) tokens of it; rank r
-    keeps span r (the extra token lets inputs and targets be the same span shifted by one)."""
+    """A batch takes world_size*(L+1) tokens; rank r keeps span r (its extra token: targets are inputs shifted by 1)."""
 
     def __init__(self, files: list[Path], vocab_size: int, rank: int, world_size: int, device: torch.device):
         self.files, self.vocab_size = files, vocab_size
@@ -234,7 +228,6 @@ class DistributedTokenLoader:
         self.reset()
 
     def reset(self) -> None:
-        """Back to the first token of the first shard."""
         self.file_index, self.tokens, self.pos = 0, load_shard(self.files[0], self.vocab_size), 0
 
     def take(self, n: int) -> np.ndarray:
@@ -249,11 +242,10 @@ class DistributedTokenLoader:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        span = local_tokens + 1
+        span = global_tokens // (self.world_size * grad_accum_steps) + 1  # this rank's tokens, and the next one
         chunk = self.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span: (self.rank + 1) * span].astype(np.int64))
-        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)  # (local_tokens/seq_len, seq_len)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)  # ((span - 1) / seq_len, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -263,7 +255,6 @@ class DistributedTokenLoader:
 # the tokens stand for. Bytes come from the SentencePiece pieces: a leading "▁" is one space byte, except right after
 # a boundary token (BOS), where the normalizer never leaves a space.
 # -----------------------------------------------------------------------------
-
 @dataclass
 class ByteTables:
     base_bytes: Tensor         # int16 [vocab]: UTF-8 bytes of the piece without its "▁"
@@ -406,8 +397,7 @@ class CausalSelfAttention(nn.Module):
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, hd)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, KV, hd)
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(F.rms_norm(q, (self.head_dim,)), *rope)
-        k = apply_rotary(F.rms_norm(k, (self.head_dim,)), *rope)
+        q, k = (apply_rotary(F.rms_norm(t, (self.head_dim,)), *rope) for t in (q, k))
         y = causal_attention(q * self.q_gain.to(q.dtype)[:, None], k, v, self.backend)  # (B, T, H, hd)
         if self.xsa:  # XSA (arXiv 2603.09078): each head's output less its part along its own value's direction
             y, v_dir = y.reshape(B, T, self.num_kv_heads, -1, self.head_dim), F.normalize(v, dim=-1).unsqueeze(3)
@@ -464,14 +454,11 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones((layers + args.recur_layers) // 2, dim))
         self.blocks = nn.ModuleList(Block(args, i) for i in range(layers))
         self.lm_head = None if args.tie_embeddings else CastedLinear(dim, args.vocab_size, bias=False)
-        # Output projections start at zero so every block begins as the identity.
-        zero_init = [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks]
         if self.lm_head is None:
             nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
-        else:
-            zero_init.append(self.lm_head)
-        for linear in zero_init:
-            nn.init.zeros_(linear.weight)
+        for linear in [b.attn.proj for b in self.blocks] + [b.mlp.proj for b in self.blocks] + [self.lm_head]:
+            if linear is not None:
+                nn.init.zeros_(linear.weight)  # output projections start at zero so every block begins as the identity
 
     def block_order(self) -> list[int]:
         """The blocks in the order they run: looped, RECUR_LAYERS blocks from RECUR_START run twice."""
@@ -530,7 +517,6 @@ def build_model(args: Hyperparameters, device: torch.device) -> GPT:
 # small control tensors. The learning rate is flat, then decays linearly to zero over the last WARMDOWN_FRAC of the
 # wallclock budget (the seed: the last WARMDOWN_ITERS steps, converted to wallclock time at the average step time).
 # -----------------------------------------------------------------------------
-
 def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
     """Maps each matrix G = U S V^T of a batch (..., rows, cols) to roughly U V^T. The coefficients trade exactness
     for speed: singular values land in a band around 1 instead of on it, which Muon tolerates."""
@@ -547,9 +533,8 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int, eps: float = 1e-7) -> Ten
 
 
 class Muon(torch.optim.Optimizer):
-    """Each rank orthogonalizes every world_size-th matrix, stacking those of one shape into a
-    single batched Newton-Schulz call (one launch sequence instead of one per matrix); one
-    all-reduce of a flat bf16 buffer then gives every rank every update."""
+    """Each rank orthogonalizes every world_size-th matrix, those of one shape in one batched Newton-Schulz call (one
+    launch sequence, not one per matrix); an all-reduce of a flat bf16 buffer then gives every rank every update."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, rank: int = 0, world_size: int = 1,
                  orthogonalize=zeropower_via_newtonschulz5, weight_decay: float = 0.0, row_norm: bool = False):
@@ -567,18 +552,16 @@ class Muon(torch.optim.Optimizer):
             for i, p in enumerate(params):
                 if i % self.world_size != self.rank or p.grad is None:
                     continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = self.state[p]["momentum_buffer"]
                 buf.mul_(momentum).add_(p.grad)
                 by_shape.setdefault(p.shape, []).append((i, p.grad.add(buf, alpha=momentum)))  # Nesterov
             for shape, items in by_shape.items():
                 g = torch.stack([grad for _, grad in items])
                 if group["row_norm"]:  # equal-norm rows: no output unit's update dominates the orthogonalization
                     g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-                u = self.orthogonalize(g, steps=group["backend_steps"])
-                u = u * max(1.0, shape[0] / shape[1]) ** 0.5
+                u = self.orthogonalize(g, steps=group["backend_steps"]) * max(1.0, shape[0] / shape[1]) ** 0.5
                 for (i, _), u_i in zip(items, u):
                     updates[offsets[i]: offsets[i + 1]] = u_i.flatten()
             if self.world_size > 1:
@@ -601,11 +584,9 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
     assert len(routed) == len(list(model.parameters())) and len({id(p) for p in routed}) == len(routed), \
         "every parameter must belong to exactly one optimizer group"
 
-    fused = next(model.parameters()).is_cuda
-
     def adam(params, lr):
         return torch.optim.Adam([dict(params=params, lr=lr, base_lr=lr)], betas=(args.beta1, args.beta2),
-                                eps=args.adam_eps, fused=fused)
+                                eps=args.adam_eps, fused=next(model.parameters()).is_cuda)
 
     token_lr = args.tied_embed_lr if model.lm_head is None else args.embed_lr
     muon = Muon(matrices, args.matrix_lr, args.muon_momentum, args.muon_backend_steps, rank, world_size, orthogonalize,
@@ -618,19 +599,16 @@ def build_optimizers(model: GPT, args: Hyperparameters, rank: int, world_size: i
 
 
 def budget_used(step: int, elapsed_ms: float, iterations: int, max_wallclock_ms: float | None) -> float:
-    """The fraction of the run's budget spent: of the wallclock cap, or of ITERATIONS if they end the
-    run first. Schedules given in this unit keep their shape whether a run is 3 or 10 minutes long."""
+    """The fraction of the budget spent (wallclock or ITERATIONS): schedules in it keep their shape at any length."""
     return max(elapsed_ms / max_wallclock_ms if max_wallclock_ms else 0.0, step / max(iterations, 1))
 
 
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
                   max_wallclock_ms: float | None, warmdown_frac: float) -> float:
-    """1 until the warmdown, then linear to 0 at the end of the budget. The warmdown is the last
-    warmdown_frac of the budget if that is set; otherwise the last warmdown_iters steps, which
-    under a wallclock cap means warmdown_iters times the average step time so far."""
+    """1 until the warmdown, then linear to 0 at the end of the budget. The warmdown: the last warmdown_frac of the
+    budget if set, else the last warmdown_iters steps (under a wallclock cap: at the average step time so far)."""
     if warmdown_frac > 0:
-        remaining = max(1.0 - budget_used(step, elapsed_ms, iterations, max_wallclock_ms), 0.0)
-        return min(1.0, remaining / warmdown_frac)
+        return min(1.0, max(1.0 - budget_used(step, elapsed_ms, iterations, max_wallclock_ms), 0.0) / warmdown_frac)
     if warmdown_iters <= 0:
         return 1.0
     if max_wallclock_ms is None:
@@ -641,8 +619,7 @@ def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters:
 
 
 def muon_momentum(step: int, budget_fraction: float, args: Hyperparameters) -> float:
-    """Rises linearly from MUON_MOMENTUM_WARMUP_START to MUON_MOMENTUM over the first MUON_MOMENTUM_WARMUP_FRAC of
-    the budget if that is set, else over MUON_MOMENTUM_WARMUP_STEPS steps."""
+    """Rises linearly from MUON_MOMENTUM_WARMUP_START to MUON_MOMENTUM over the warmup: a budget fraction, or steps."""
     if args.muon_momentum_warmup_frac > 0:
         done = min(budget_fraction / args.muon_momentum_warmup_frac, 1.0)
     else:
@@ -653,16 +630,15 @@ def muon_momentum(step: int, budget_fraction: float, args: Hyperparameters) -> f
 # -----------------------------------------------------------------------------
 # QUANTIZATION AND SERIALIZATION
 # The artifact is int8 with one fp16 scale per row for big matrices (rows track output channels), fp16 for small
-# tensors, fp32 for control tensors, all torch.save'd and zlib'd. QUANT_BITS < 8 puts the block matrices (EMBED_BITS
-# the embedding) on fewer levels (stored as int8, which the compressor shrinks); COMPRESSOR=lzma swaps zlib for xz.
-# QUANT_GPTQ=1 picks them by GPTQ. The score comes from the model rebuilt from these bytes, never the trained weights.
+# tensors, fp32 for control tensors, all torch.save'd and zlib'd (the seed). QUANT_BITS < 8 puts the block matrices
+# (EMBED_BITS the embedding) on fewer levels, QUANT_GPTQ=1 picks them by GPTQ; COMPRESSOR=lzma swaps zlib for xz, rans
+# also entropy-codes the int8 values. The score comes from the model rebuilt from these bytes, not the trained weights.
 # -----------------------------------------------------------------------------
-
 QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is: one format
-KEEP_FLOAT_MAX_NUMEL = 65_536
-INT8_CLIP_QUANTILE = 99.99984 / 100
+KEEP_FLOAT_MAX_NUMEL, INT8_CLIP_QUANTILE = 65_536, 99.99984 / 100
 EMBEDDING = "tok_emb.weight"  # exported by EMBED_BITS: the tied embedding is also the output head, the most sensitive
-COMPRESSORS = ("zlib", "lzma")
+COMPRESSORS = ("zlib", "lzma", "rans")
+RANS_LANES, RANS_BITS = 1024, 15  # rANS: 1024 coders interleaved (numpy steps them together); frequencies in 2^-15
 ARTIFACT_LIMIT_BYTES = 16_000_000  # the challenge's cap on code + compressed model, decimal
 XZ_MAGIC = b"\xfd7zXZ\x00"  # how an lzma (.xz) artifact begins; a zlib one begins with 0x78
 
@@ -673,8 +649,7 @@ def export_label(args: Hyperparameters) -> str:
 
 
 def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
-    """int8 values and their scale: per row for matrices, one scale otherwise. Outliers beyond
-    the clip quantile are clamped; the scale never drops below 1/127."""
+    """int8 values and their scale (per row for a matrix, else one); outliers beyond the clip quantile are clamped."""
     t = t.float()
     if t.ndim == 2:
         clip = torch.quantile(t.abs(), INT8_CLIP_QUANTILE, dim=1)
@@ -687,9 +662,8 @@ def quantize_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def intn_grid(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, int]:
-    """Symmetric intN per row: the rows' fp16 scales and the top level. A row's clip is clip_sigmas
-    standard deviations of the row: a clip set by the bulk of the row, not by its rarest outliers as
-    the int8 quantile is, so that the few levels are spent where the weights are."""
+    """Symmetric intN per row: the rows' fp16 scales and the top level. A row's clip is clip_sigmas standard deviations,
+    set by the row's bulk, not its rarest outliers as the int8 quantile is: the few levels go where the weights are."""
     levels = 2 ** (bits - 1) - 1
     scale = (clip_sigmas * t.float().std(dim=1, correction=0) / levels).half()
     return scale.masked_fill(scale == 0, 1.0), levels  # an all-zero row: any scale, every q is 0
@@ -697,10 +671,8 @@ def intn_grid(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, int]:
 
 def quantize_rows_nearest(t: Tensor, bits: int, clip_sigmas: float) -> tuple[Tensor, Tensor]:
     scale, levels = intn_grid(t, bits, clip_sigmas)
-    # Rounded against the stored fp16 scale, so the rebuilt row is within half a step of the clipped
-    # one; the clamp to the outer level is the clip.
-    q = torch.round(t.float() / scale.float()[:, None]).clamp(-levels, levels)
-    return q.to(torch.int8), scale
+    # Rounded against the stored fp16 scale: a rebuilt row is within half a step of the clipped one (the clamp clips).
+    return torch.round(t.float() / scale.float()[:, None]).clamp(-levels, levels).to(torch.int8), scale
 
 
 def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float, damp: float) -> tuple[Tensor, Tensor]:
@@ -710,8 +682,7 @@ def quantize_rows_gptq(t: Tensor, hessian: Tensor, bits: int, clip_sigmas: float
     scale, levels = intn_grid(t, bits, clip_sigmas)
     s, order = scale.float(), hessian.diagonal().argsort(descending=True)
     w, h = t.float()[:, order], hessian.double()[order][:, order]
-    # An input never nonzero in calibration is alone in H, so its column rounds to nearest (the paper
-    # zeroes it, but validation text may use it).
+    # An input unseen in calibration is alone in H: it rounds to nearest (the paper zeroes it; validation may use it).
     h.diagonal()[h.diagonal() == 0] = 1.0
     h.diagonal().add_(damp * h.diagonal().mean())
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
@@ -769,7 +740,7 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or obj.get("__quant_format__") != QUANT_FORMAT:
         raise ConfigError(f"the artifact is not in the {QUANT_FORMAT} format this script writes")
     out = {}
-    for name, q in obj["quantized"].items():
+    for name, q in (rans_decode(obj["rans"]) if "rans" in obj else obj["quantized"]).items():
         scale = obj["scales"][name].float()
         scale = scale.view(-1, *[1] * (q.ndim - 1)) if scale.ndim else scale
         out[name] = (q.float() * scale).to(getattr(torch, obj["dtypes"][name]))
@@ -781,8 +752,7 @@ def dequantize_state_dict(obj: dict) -> dict[str, Tensor]:
 
 def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperparameters,
                      grad_accum_steps: int) -> dict[str, Tensor]:
-    """GPTQ's H = sum of x x^T over each CastedLinear's inputs, by weight name, from all ranks'
-    shares of GPTQ_CALIB_BATCHES training batches."""
+    """GPTQ's H = sum of x x^T of each CastedLinear's inputs (by weight name) over GPTQ_CALIB_BATCHES batches."""
     hessians: dict[str, Tensor] = {}
 
     def accumulate(name: str, x: Tensor) -> None:
@@ -804,17 +774,72 @@ def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperpara
     return hessians
 
 
+def rans_frame(freq: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The coder's layout: lane k % RANS_LANES codes symbol k at step k // RANS_LANES by its tensor's table; the
+    last step is filled up by one more table, a single symbol of probability 1 (free). Returns each step's tables,
+    and the frequencies with that table and the cumulative frequencies below each symbol."""
+    freq = np.vstack([freq, np.eye(1, 256, dtype=np.int64) << RANS_BITS])
+    table = np.repeat(np.arange(len(sizes)), sizes)
+    table = np.append(table, np.full(-table.size % RANS_LANES, len(freq) - 1)).reshape(-1, RANS_LANES)
+    return table, freq, freq.cumsum(1) - freq
+
+
+def rans_encode(quantized: dict[str, Tensor]) -> dict:
+    """The intN tensors as one stream entropy-coded by rANS (Duda 2013), each with its own symbol frequencies:
+    within 0.1% of their order-0 entropy, where lzma spends 3-8% more on values this close to independent."""
+    symbols = [q.numpy().ravel().astype(np.int64) + 128 for q in quantized.values()]
+    counts = np.array([np.bincount(s, minlength=256) for s in symbols], dtype=np.int64).reshape(-1, 256)
+    present = counts > 0  # of 2^RANS_BITS: a unit per symbol present, the rest by count, the remainder to the commonest
+    freq = counts * ((1 << RANS_BITS) - present.sum(1, keepdims=True)) // counts.sum(1, keepdims=True).clip(1) + present
+    freq[np.arange(len(freq)), freq.argmax(1)] += (1 << RANS_BITS) - freq.sum(1)
+    table, freq_all, cum = rans_frame(freq, [s.size for s in symbols])
+    sym = np.zeros(table.size, np.int64)
+    sym[:sum(s.size for s in symbols)] = np.concatenate([np.zeros(0, np.int64), *symbols])
+    sym, x, words = sym.reshape(table.shape), np.full(RANS_LANES, 1 << 16), []
+    for t in reversed(range(len(table))):  # the decoder takes symbols back in reverse order
+        f, c = freq_all[table[t], sym[t]], cum[table[t], sym[t]]
+        emit = x >= f << (32 - RANS_BITS)  # x in [2^16, 2^32): shed its low 16 bits first if coding would pass 2^32
+        words.append(x[emit] & 0xFFFF)
+        x = np.where(emit, x >> 16, x)
+        x = (x // f << RANS_BITS) + x % f + c
+    words = np.concatenate([np.zeros(0, np.int64), *words[::-1]]).astype(np.uint16).view(np.int16)
+    return dict(names=list(quantized), shapes=[list(q.shape) for q in quantized.values()],
+                freq=torch.from_numpy(freq), states=torch.from_numpy(x.astype(np.uint32).view(np.int32)),
+                words=torch.from_numpy(words))
+
+
+def rans_decode(coded: dict) -> dict[str, Tensor]:
+    sizes = [math.prod(shape) for shape in coded["shapes"]]
+    table, freq, cum = rans_frame(coded["freq"].numpy(), sizes)
+    symbol_at = np.stack([np.repeat(np.arange(256), f) for f in freq])  # each table's symbol of each slot
+    x, at = coded["states"].numpy().view(np.uint32).astype(np.int64), 0
+    words = coded["words"].numpy().view(np.uint16).astype(np.int64)
+    out = np.empty(table.shape, np.int64)
+    for t in range(len(table)):
+        slot = x & ((1 << RANS_BITS) - 1)
+        s = out[t] = symbol_at[table[t], slot]
+        x = freq[table[t], s] * (x >> RANS_BITS) + slot - cum[table[t], s]
+        refill = x < 1 << 16  # exactly the lanes that shed 16 bits at this step when encoding
+        x[refill] = x[refill] << 16 | words[at: at + refill.sum()]
+        at += refill.sum()
+    values = np.split(out.ravel()[:sum(sizes)] - 128, np.cumsum(sizes)[:-1].astype(np.int64))
+    return {name: torch.from_numpy(v.astype(np.int8)).view(shape)
+            for name, v, shape in zip(coded["names"], values, coded["shapes"])}
+
+
 def serialize_artifact(obj: dict, compressor: str) -> tuple[bytes, int]:
-    """Returns (compressed bytes, length of the torch.save stream before compression)."""
+    """Returns (compressed bytes, length of the torch.save stream before compression). rans: the intN values
+    entropy-coded, the rest (scales, small tensors, the coder's tables) through lzma."""
+    if compressor == "rans":
+        obj = dict(obj, quantized={}, rans=rans_encode(obj["quantized"]))
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
-    return (lzma.compress(raw, preset=9) if compressor == "lzma" else zlib.compress(raw, level=9)), len(raw)
+    return (zlib.compress(raw, level=9) if compressor == "zlib" else lzma.compress(raw, preset=9)), len(raw)
 
 
 def load_artifact(path: str) -> tuple[dict[str, Tensor], int, str]:
-    """The rebuilt weights, and the bits and compressor the artifact was made with (read from the
-    artifact itself, so scoring one needs no export settings)."""
+    """The rebuilt weights, and the bits and compressor it was made with: scoring one needs no export settings."""
     try:
         blob = Path(path).read_bytes()
         compressor = "lzma" if blob.startswith(XZ_MAGIC) else "zlib"
@@ -823,8 +848,7 @@ def load_artifact(path: str) -> tuple[dict[str, Tensor], int, str]:
     except Exception as e:  # unreadable, not zlib or xz, not a torch file: all the same advice
         raise ConfigError(f"cannot read artifact {path} ({first_line(e)}); "
                           f"point EVAL_ARTIFACT at a .ptz a run wrote") from None
-    state = dequantize_state_dict(obj)
-    return state, obj.get("bits", 8), compressor
+    return dequantize_state_dict(obj), obj.get("bits", 8), "rans" if "rans" in obj else compressor
 
 
 def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
@@ -850,7 +874,6 @@ def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:
 # With TTT_EPOCHS > 0 it trains score-first (the challenge's rule): windows go in chunks of TTT_CHUNK_TOKENS targets by
 # their first scored target; once a chunk is scored, the model trains on its targets, all scored by then.
 # -----------------------------------------------------------------------------
-
 @dataclass
 class Validation:
     """What scoring needs besides the model: the split, the metric's tables, TRAIN_SEQ_LEN, windows per batch."""
@@ -893,8 +916,7 @@ class ScoreFirstTTT:
         return np.searchsorted(chunk_of, np.arange(self.chunks + 1)).tolist()
 
     def train_on(self, run: Run, model: nn.Module, val: Validation, chunk: int) -> None:
-        """EPOCHS steps on the chunk, each rank on an equal share of its sequences (DDP averages the
-        gradients), at a learning rate decaying over the chunks as a cosine."""
+        """EPOCHS steps on the chunk, each rank on an equal share (DDP averages), lr cosine-decaying over chunks."""
         n = self.chunk_tokens // run.world_size  # this rank's targets
         first = chunk * self.chunk_tokens + run.rank * n
         span = torch.from_numpy(val.tokens[first: first + n + 1].astype(np.int64)).to(run.device)
@@ -965,7 +987,6 @@ def eval_val(run: Run, model: nn.Module, val: Validation, stride: int,
 # checked against it, device, attention kernel, process group. A step is MICRO_BATCHES micro-batches over all
 # processes: the same global batch and data order on any number of GPUs.
 # -----------------------------------------------------------------------------
-
 MICRO_BATCHES = 8
 
 
@@ -996,6 +1017,14 @@ class Run:
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
+    def timed(self, work):
+        """work()'s result and its time in ms, the device's queued work included."""
+        self.sync()
+        t0 = time.perf_counter()
+        result = work()
+        self.sync()
+        return result, 1000.0 * (time.perf_counter() - t0)
+
 
 def require(args: Hyperparameters, name: str, holds: bool, rule: str, fix: str) -> None:
     """One setting's rule; its error says what to set instead."""
@@ -1016,8 +1045,7 @@ def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int
     require(args, "seed", 0 <= args.seed < 2**32, "between 0 and 2**32-1", "an integer in that range")
     require(args, "iterations", args.iterations >= 0, "0 or more", "a step count")
     require(args, "sdpa_backend", args.sdpa_backend in ATTENTION_BACKENDS, "/".join(ATTENTION_BACKENDS), "auto")
-    recur_end = args.recur_start + args.recur_layers
-    if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start and recur_end <= args.num_layers
+    if args.recur_layers < 0 or args.recur_layers and not (0 <= args.recur_start <= args.num_layers - args.recur_layers
                                                            and 0 <= args.recur_from_frac < 1):
         raise ConfigError(f"RECUR_LAYERS={args.recur_layers} from RECUR_START={args.recur_start} must lie within "
                           f"NUM_LAYERS={args.num_layers}, and RECUR_FROM_FRAC={args.recur_from_frac} in [0, 1) "
@@ -1050,7 +1078,7 @@ def check_settings(args: Hyperparameters, world_size: int, grad_accum_steps: int
     for bits, sigmas in (("quant_bits", "quant_clip_sigmas"), ("embed_bits", "embed_clip_sigmas")):
         require(args, bits, 5 <= getattr(args, bits) <= 8, "in 5..8", "a number in that range (8: the seed's int8)")
         require(args, sigmas, getattr(args, sigmas) > 0, "> 0", "a positive number of std deviations")
-    require(args, "compressor", args.compressor in COMPRESSORS, "one of " + "/".join(COMPRESSORS), "either")
+    require(args, "compressor", args.compressor in COMPRESSORS, "one of " + "/".join(COMPRESSORS), "one of them")
     cap = args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else math.inf
     for bad, fix in ((args.quant_bits == 8, f"QUANT_BITS < 8 (not {args.quant_bits})"),
                      (args.gptq_calib_batches < 1, f"GPTQ_CALIB_BATCHES >= 1 (not {args.gptq_calib_batches})"),
@@ -1116,8 +1144,7 @@ def select_attention(args: Hyperparameters, device: torch.device) -> tuple[str, 
 
 
 def setup_run(args: Hyperparameters, environ) -> Run:
-    """The process layout from environ (torchrun's, or {} for one process), the settings checked against it
-    before any GPU work, then the device, the attention kernel and the process group."""
+    """The process layout (torchrun's environ, or {} for one process) and the settings, checked before any GPU work."""
     distributed, rank, world_size, local_rank = process_layout(environ)
     grad_accum_steps = MICRO_BATCHES // world_size
     check_settings(args, world_size, grad_accum_steps)
@@ -1133,30 +1160,26 @@ def setup_run(args: Hyperparameters, environ) -> Run:
 
 
 def run_paths(run_id: str, quant_bits: int) -> dict[str, Path]:
-    return dict(log=Path("logs") / f"{run_id}.txt", raw=Path("artifacts") / f"{run_id}_model.pt",
-                artifact=Path("artifacts") / f"{run_id}_model.int{quant_bits}.ptz")
+    model = f"artifacts/{run_id}_model"  # the log last: claim_run_paths's order
+    return dict(raw=Path(f"{model}.pt"), artifact=Path(f"{model}.int{quant_bits}.ptz"), log=Path(f"logs/{run_id}.txt"))
 
 
 def claim_run_paths(run_id: str, writes_model: bool, quant_bits: int) -> None:
-    """Makes sure this run can write its files and that none of them belongs to an earlier run."""
+    """Checks that this run can write its files and none is an earlier run's, by real writes (root ignores mode bits,
+    not a read-only disk): the model's first, so a refused run leaves no log; then the log, kept to claim the RUN_ID."""
     paths = run_paths(run_id, quant_bits)
     wanted = list(paths.values()) if writes_model else [paths["log"]]
     for path in wanted:
         if path.exists():
             raise ConfigError(f"{path} already exists: RUN_ID={run_id} was used before; pick another RUN_ID "
                               f"(or leave it unset for a fresh one)")
+    for path in wanted:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create {path.parent}/ ({e.strerror}); run from a writable folder") from None
-    # Real writes, not the mode bits (root ignores them, not a read-only disk): first a probe of the
-    # model's folder, so that a refused run leaves no log; then the log, which stays to claim the RUN_ID.
-    for path in (paths["raw"], paths["log"]) if writes_model else (paths["log"],):
-        try:
             path.touch(exist_ok=False)
         except OSError as e:
-            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ writable, or run from a "
-                              f"writable folder") from None
+            raise ConfigError(f"cannot write {path} ({e.strerror}); make {path.parent}/ a writable folder, or run "
+                              f"from a writable folder") from None
         if path != paths["log"]:
             path.unlink()
 
@@ -1174,7 +1197,6 @@ def describe_environment(device: torch.device, world_size: int) -> tuple[str, st
 # TRAINING
 # The clock counts only training: the compile warmup runs before it starts and validation pauses it.
 # -----------------------------------------------------------------------------
-
 @dataclass
 class Training:
     """The model, the module that trains it (compiled and DDP-wrapped as the run says) and its optimizers."""
@@ -1190,13 +1212,11 @@ def build_training(run: Run) -> Training:
     compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if args.compile else base_model
     model = DDP(compiled, device_ids=[device.index] if device.type == "cuda" else None) if run.distributed else compiled
     orthogonalize = torch.compile(zeropower_via_newtonschulz5) if args.compile else zeropower_via_newtonschulz5
-    optimizers, muon = build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize)
-    return Training(base_model, model, optimizers, muon)
+    return Training(base_model, model, *build_optimizers(base_model, args, run.rank, run.world_size, orthogonalize))
 
 
 def forward_backward(run: Run, model: nn.Module, loader: DistributedTokenLoader) -> Tensor:
-    """Accumulates one step's gradients, each micro-batch's loss scaled by 1/grad_accum_steps.
-    DDP all-reduces only on the last micro-batch. Returns the mean loss."""
+    """One step's gradients, each micro-batch's loss scaled by 1/grad_accum_steps (DDP syncs on the last): mean loss."""
     total = torch.zeros((), device=run.device)
     for micro_step in range(run.grad_accum_steps):
         if run.distributed:
@@ -1217,13 +1237,11 @@ def optimizer_step(run: Run, training: Training, lr_scale: float) -> None:
         torch.nn.utils.clip_grad_norm_(training.base_model.parameters(), run.args.grad_clip_norm)
     for opt in training.optimizers:
         opt.step()
-    for opt in training.optimizers:
         opt.zero_grad(set_to_none=True)
 
 
 def warmup_and_reset(run: Run, training: Training, loader: DistributedTokenLoader) -> None:
-    """Runs WARMUP_STEPS real steps to compile and prime every kernel, then restores the initial
-    weights, optimizer states and data stream, so timed training starts from the true init."""
+    """WARMUP_STEPS real steps to compile every kernel, then back to the initial weights, optimizer states and data."""
     base_model, optimizers = training.base_model, training.optimizers
     weights = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
@@ -1242,8 +1260,7 @@ def warmup_and_reset(run: Run, training: Training, loader: DistributedTokenLoade
 
 
 def loop_budget_ms(args: Hyperparameters) -> float | None:
-    """The training loop's cap, which its schedules also end at. GPTQ's calibration reads training
-    data, so it is training time: the loop leaves it its reserve."""
+    """The loop's cap (its schedules end there), less GPTQ's reserve: calibration reads training data, so it counts."""
     if args.max_wallclock_seconds <= 0:
         return None
     return 1000.0 * (args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_gptq else 0.0))
@@ -1252,8 +1269,7 @@ def loop_budget_ms(args: Hyperparameters) -> float | None:
 def train(run: Run, training: Training, loader: DistributedTokenLoader, val: Validation,
           clock=time.perf_counter) -> float:
     """Returns the training time in ms, by clock (seconds; tests pass their own)."""
-    args, log, base_model = run.args, run.log, training.base_model
-    max_wallclock_ms = loop_budget_ms(args)
+    args, log, base_model, max_wallclock_ms = run.args, run.log, training.base_model, loop_budget_ms(run.args)
     training_time_ms, stop_after_step, step, averaged_frac = 0.0, None, 0, 0.0
     # EMA_HORIZON_FRAC: an fp32 moving average of the weights whose horizon (1/(1 - decay) steps) is that fraction of
     # the budget (a capped run's step count is unknown): a step that spends d of it keeps exp(-d / EMA_HORIZON_FRAC).
@@ -1321,16 +1337,11 @@ def train(run: Run, training: Training, loader: DistributedTokenLoader, val: Val
 # EXPORT AND SCORE
 # GPTQ's calibration (training time, within the cap), the artifact, and the score of the model rebuilt from it.
 # -----------------------------------------------------------------------------
-
 def calibrate_gptq(run: Run, base_model: GPT, loader: DistributedTokenLoader, training_ms: float) -> dict[str, Tensor]:
     """The Hessians, timed: with the loop's time, within MAX_WALLCLOCK_SECONDS?"""
     args, capped = run.args, run.args.max_wallclock_seconds > 0
-    run.sync()
-    t0 = time.perf_counter()
-    hessians = collect_hessians(base_model, loader, args, run.grad_accum_steps)
-    run.sync()
-    ms, reserve_ms = 1000.0 * (time.perf_counter() - t0), 1000.0 * args.gptq_reserve_seconds if capped else 0.0
-    n = args.gptq_calib_batches
+    hessians, ms = run.timed(lambda: collect_hessians(base_model, loader, args, run.grad_accum_steps))
+    reserve_ms, n = (1000.0 * args.gptq_reserve_seconds if capped else 0.0), args.gptq_calib_batches
     run.log(f"gptq_calibration batches:{n} tokens:{n * args.train_batch_tokens} time:{ms:.0f}ms "
             f"reserve:{reserve_ms:.0f}ms")
     if capped and training_ms + ms > 1000.0 * args.max_wallclock_seconds:
@@ -1344,48 +1355,37 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
     """Rank 0 writes the raw weights and the artifact (int8+zlib for the seed), and logs the sizes that count."""
     if run.rank != 0:
         return
-    log, state, args = run.log, base_model.state_dict(), run.args
-    label = export_label(args)
+    log, state, args, label = run.log, base_model.state_dict(), run.args, export_label(run.args)
     torch.save(state, paths["raw"])
     raw_bytes = paths["raw"].stat().st_size
     log(f"Serialized model: {raw_bytes} bytes")
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size: {raw_bytes + code_bytes} bytes")
-    quant_obj, quant_stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
-                                                 args.gptq_damp, (args.embed_bits, args.embed_clip_sigmas))
+    quant_obj, stats = quantize_state_dict(state, args.quant_bits, args.quant_clip_sigmas, hessians,
+                                           args.gptq_damp, (args.embed_bits, args.embed_clip_sigmas))
     blob, torch_bytes = serialize_artifact(quant_obj, args.compressor)
     paths["artifact"].write_bytes(blob)
-    ratio = quant_stats["tensor_bytes"] / max(quant_stats["payload_bytes"], 1)
-    log(f"Serialized model {label}: {len(blob)} bytes (payload:{quant_stats['payload_bytes']} "
-        f"raw_torch:{torch_bytes} payload_ratio:{ratio:.2f}x)")
+    log(f"Serialized model {label}: {len(blob)} bytes (payload:{stats['payload_bytes']} "
+        f"raw_torch:{torch_bytes} payload_ratio:{stats['tensor_bytes'] / max(stats['payload_bytes'], 1):.2f}x)")
     log_submission_size(run, label, len(blob) + code_bytes)
     log(f"artifact:{paths['artifact']}")
 
 
 def log_submission_size(run: Run, label: str, total: int) -> None:
     run.log(f"Total submission size {label}: {total} bytes")
-    margin = ARTIFACT_LIMIT_BYTES - total
-    over = "" if margin >= 0 else " OVER: lower QUANT_BITS"
+    margin, over = ARTIFACT_LIMIT_BYTES - total, "" if total <= ARTIFACT_LIMIT_BYTES else " OVER: lower QUANT_BITS"
     run.log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{over}")
 
 
 def report_roundtrip(run: Run, model: nn.Module, val: Validation, ttt: ScoreFirstTTT | None) -> None:
-    """The score of record: the rebuilt model on the whole split, in sliding windows (which score
-    every target, the tail too) if EVAL_STRIDE is set, training score-first as it goes with ttt."""
-    def timed(stride: int, ttt: ScoreFirstTTT | None = None) -> tuple[float, float, float]:
-        run.sync()
-        t0 = time.perf_counter()
-        val_loss, val_bpb = eval_val(run, model, val, stride, ttt)
-        run.sync()
-        return val_loss, val_bpb, 1000.0 * (time.perf_counter() - t0)
-
+    """The score of record: the rebuilt model on the whole split, in sliding windows with EVAL_STRIDE, TTT with ttt."""
     stride = sliding_stride(run.args.eval_stride, run.args.train_seq_len)
     if stride:  # the non-overlapping score too: it is cheap and shows what the sliding windows add
-        val_loss, val_bpb, ms = timed(0)
+        (val_loss, val_bpb), ms = run.timed(lambda: eval_val(run, model, val, 0))
         run.log(f"roundtrip_without_sliding val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{ms:.0f}ms")
         run.log(f"final_eval:sliding_window stride:{stride} context_min:{run.args.train_seq_len - stride} "
                 f"(after the first window) targets:{val.tokens.size - 1}")
-    val_loss, val_bpb, ms = timed(stride, ttt)
+    (val_loss, val_bpb), ms = run.timed(lambda: eval_val(run, model, val, stride, ttt))
     if ttt:
         run.log(f"ttt epochs:{ttt.epochs} lr:{ttt.lr} chunk_tokens:{ttt.chunk_tokens} chunks:{ttt.chunks} "
                 f"train_seqs:{ttt.train_seqs}")
@@ -1397,7 +1397,6 @@ def report_roundtrip(run: Run, model: nn.Module, val: Validation, ttt: ScoreFirs
 # -----------------------------------------------------------------------------
 # MAIN
 # -----------------------------------------------------------------------------
-
 def main() -> None:
     code = Path(__file__).read_text(encoding="utf-8")
     args = Hyperparameters()

@@ -55,17 +55,17 @@ def test_an_in_process_run_logs_the_seed_lines_and_its_artifact_rescores_exactly
 
 def test_an_in_process_run_with_sliding_windows_ttt_and_int6_rescores_exactly(monkeypatch, dataset, tokenizer_path,
                                                                               tmp_path):
-    """The defaults' scoring paths in the fast layer: int6+lzma, sliding windows over every target, TTT."""
-    env = tiny_env(dataset, tokenizer_path, RUN_ID="scored", ITERATIONS="4", QUANT_BITS="6", COMPRESSOR="lzma",
+    """The defaults' scoring paths in the fast layer: int6+rans, sliding windows over every target, TTT."""
+    env = tiny_env(dataset, tokenizer_path, RUN_ID="scored", ITERATIONS="4", QUANT_BITS="6", COMPRESSOR="rans",
                    EVAL_STRIDE="16", TTT_EPOCHS="1", TTT_CHUNK_TOKENS="1024")
     log = run_in_process(monkeypatch, tmp_path, env)
     targets = train_gpt.load_validation_tokens(sorted(dataset.glob("fineweb_val_*.bin")), 64, 512).size - 1
     assert f"final_eval:sliding_window stride:16 context_min:48 (after the first window) targets:{targets}" in log
     assert re.search(r"^ttt epochs:1 lr:0.005 chunk_tokens:1024 chunks:\d+ train_seqs:\d+$", log, re.M)
-    exact = re.findall(r"^final_int6_lzma_roundtrip_exact .*$", log, re.M)
+    exact = re.findall(r"^final_int6_rans_roundtrip_exact .*$", log, re.M)
     artifact = tmp_path / "artifacts" / "scored_model.int6.ptz"
     rescored = run_in_process(monkeypatch, tmp_path, dict(env, RUN_ID="scored_again", EVAL_ARTIFACT=str(artifact)))
-    assert len(exact) == 1 and re.findall(r"^final_int6_lzma_roundtrip_exact .*$", rescored, re.M) == exact
+    assert len(exact) == 1 and re.findall(r"^final_int6_rans_roundtrip_exact .*$", rescored, re.M) == exact
 
 
 def parse(log: str, lines: dict[str, str] = SPEC_LINES) -> dict[str, list[tuple[str, ...]]]:

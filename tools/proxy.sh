@@ -11,8 +11,10 @@
 # are built once per machine: validation = the first 2,500 documents, held back = the last 2,500
 # (never trained on; each artifact is rescored on them as its run scored, TTT included; HOLDOUT=0
 # skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS[:EMBED_BITS:
-# EMBED_CLIP_SIGMAS] with lzma (tools/requantize.py, rounding to nearest) and scores each export without sliding
-# windows or TTT (8:any with an int8 embedding: size only). Logs and a line per run go to $RESULTS (default $OUT).
+# EMBED_CLIP_SIGMAS[:COMPRESSOR]] (tools/requantize.py, rounding to nearest; embedding 8:14 and rans unless given)
+# and scores each export without sliding windows or TTT (8:any with an int8 embedding: size only; any point with a
+# compressor: size only, since it scores as the same point without). Logs and a line per run go to $RESULTS
+# (default $OUT).
 set -u; export PYTHONUNBUFFERED=1
 [ $# -ge 4 ] && [ $(( ($# - 1) % 3 )) = 0 ] && [[ $1 =~ ^[0-9]+$ ]] || {
   echo "error: usage: bash tools/proxy.sh CAP NAME SEED \"ENV\" [NAME SEED \"ENV\" ...] (CAP in seconds: 180 or 600)" >&2; exit 2; }
@@ -33,8 +35,9 @@ if [ ! -f $DATA/manifest.json ]; then  # build.py writes the manifest last: its 
   echo "== build sp$VOCAB $(( $(date +%s) - t0 ))s"; tail -4 $RES/build_sp$VOCAB.txt
 fi
 common="VOCAB_SIZE=$VOCAB TOKENIZER_PATH=$TOK"
-sweep_point() {  # B:S[:EB:ES] -> b c eb es, and q: the export's run id
-  IFS=: read -r b c eb es <<< "$1"; q=${rid}_q${b}s${c}${eb:+e${eb}s${es}}; eb=${eb:-8}; es=${es:-14}
+sweep_point() {  # B:S[:EB:ES[:C]] -> b c eb es comp, and q: the export's run id
+  IFS=: read -r b c eb es comp <<< "$1"; q=${rid}_q${b}s${c}${eb:+e${eb}s${es}}${comp:+_$comp}
+  eb=${eb:-8}; es=${es:-14}; scored=$([ "$b$eb" != 88 ] && [ -z "$comp" ] && echo 1)
 }
 while [ $# -ge 3 ]; do
   name=$1; seed=$2; extra=$3; shift 3
@@ -60,17 +63,17 @@ while [ $# -ge 3 ]; do
   for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)
     sweep_point $v
     env $common SDPA_BACKEND=flash QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es \
-      COMPRESSOR=lzma python3 tools/requantize.py \
+      COMPRESSOR=${comp:-rans} python3 tools/requantize.py \
       artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1 &
   done; wait
   for v in $SWEEP; do
     sweep_point $v; cat /tmp/$q.req
-    [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
+    [ -z "$scored" ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
       VAL_BATCH_SIZE=131072 python3 train_gpt.py > /tmp/$q.out 2>&1 &  # quarter batches: several scores share the GPU
   done; wait
   for v in $SWEEP; do
-    sweep_point $v; [ "$b$eb" = 88 ] || ! grep -q "^requantize:" /tmp/$q.req && continue
+    sweep_point $v; [ -z "$scored" ] || ! grep -q "^requantize:" /tmp/$q.req && continue
     echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)"
   done
   echo "== ${rid} sweep wall=$(( $(date +%s) - t0 ))s"

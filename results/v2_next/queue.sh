@@ -32,7 +32,10 @@
 #   held-back score, the records' stack at P180v2 with the full final score (its size between P60 and P600; FA4 in
 #   sliding-window scoring and TTT) and its weights re-exported with the blocks' clip at 14 sigma, and with the
 #   embedding at int7 by a 12, 14 (the records') and 17 sigma clip (v2_part11 predicts a margin of only 5,740
-#   bytes; rounded to nearest: compare the sweep's points with each other, not with the GPTQ artifact); then,
+#   bytes; rounded to nearest: compare the sweep's points with each other, not with the GPTQ artifact). Since
+#   session 12 the sweep's points are coded by rANS (the new default), one by lzma as well (the pair measures the
+#   coder's gain on trained weights), and two at int7 blocks (what the ~1 MB the coder saves could buy); the run
+#   itself keeps lzma, so that its size compares with its P60 and P600 sizes (the prediction). Then,
 #   from the same command, `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac
 #   screen. FlashAttention-4, where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it,
 #   as the challenge's image takes FA3); the seed environment keeps flash SDPA. Each queue touches /tmp/q/done,
@@ -80,8 +83,8 @@ case $PART in
 11) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL GPTQ_RESERVE_SECONDS=3"
    VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0" ;;
 12) VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
-   HOLDOUT=0 SWEEP="6:12.85 6:14 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17" \
-     bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
+   HOLDOUT=0 SWEEP="6:12.85 6:12.85:8:14:lzma 6:14 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17 7:12.85 7:12.85:7:14" \
+     bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3 COMPRESSOR=lzma" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
