@@ -638,7 +638,7 @@ QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is:
 KEEP_FLOAT_MAX_NUMEL, INT8_CLIP_QUANTILE = 65_536, 99.99984 / 100
 EMBEDDING = "tok_emb.weight"  # exported by EMBED_BITS: the tied embedding is also the output head, the most sensitive
 COMPRESSORS = ("zlib", "lzma", "rans")
-RANS_LANES, RANS_BITS = 1024, 15  # rANS: 1024 coders interleaved (numpy steps them together); frequencies in 2^-15
+RANS_LANES, RANS_BITS = 1024, 15  # rANS: up to 1024 coders interleaved (numpy steps them together); freqs in 2^-15
 ARTIFACT_LIMIT_BYTES = 16_000_000  # the challenge's cap on code + compressed model, decimal
 XZ_MAGIC = b"\xfd7zXZ\x00"  # how an lzma (.xz) artifact begins; a zlib one begins with 0x78
 
@@ -775,12 +775,12 @@ def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperpara
 
 
 def rans_frame(freq: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The coder's layout: lane k % RANS_LANES codes symbol k at step k // RANS_LANES by its tensor's table; the
-    last step is filled up by one more table, a single symbol of probability 1 (free). Returns each step's tables,
-    and the frequencies with that table and the cumulative frequencies below each symbol."""
-    freq = np.vstack([freq, np.eye(1, 256, dtype=np.int64) << RANS_BITS])
-    table = np.repeat(np.arange(len(sizes)), sizes)
-    table = np.append(table, np.full(-table.size % RANS_LANES, len(freq) - 1)).reshape(-1, RANS_LANES)
+    """The coder's layout: lane k % lanes codes symbol k at step k // lanes by its tensor's table, a lane per 8,192
+    symbols up to RANS_LANES (each ends in 4 bytes of state); one more table, a free symbol, fills the last step.
+    Returns each step's tables, the frequencies with that table and the cumulative frequencies below each symbol."""
+    freq = np.vstack([freq, np.eye(1, 256, dtype=np.int64) << RANS_BITS])  # the free symbol: probability 1
+    table, lanes = np.repeat(np.arange(len(sizes)), sizes), min(RANS_LANES, max(1, sum(sizes) // 8192))
+    table = np.append(table, np.full(-table.size % lanes, len(freq) - 1)).reshape(-1, lanes)
     return table, freq, freq.cumsum(1) - freq
 
 
@@ -795,7 +795,7 @@ def rans_encode(quantized: dict[str, Tensor]) -> dict:
     table, freq_all, cum = rans_frame(freq, [s.size for s in symbols])
     sym = np.zeros(table.size, np.int64)
     sym[:sum(s.size for s in symbols)] = np.concatenate([np.zeros(0, np.int64), *symbols])
-    sym, x, words = sym.reshape(table.shape), np.full(RANS_LANES, 1 << 16), []
+    sym, x, words = sym.reshape(table.shape), np.full(table.shape[1], 1 << 16), []
     for t in reversed(range(len(table))):  # the decoder takes symbols back in reverse order
         f, c = freq_all[table[t], sym[t]], cum[table[t], sym[t]]
         emit = x >= f << (32 - RANS_BITS)  # x in [2^16, 2^32): shed its low 16 bits first if coding would pass 2^32

@@ -330,7 +330,7 @@ def test_rans_gives_back_every_tensor_exactly(names):
 
 def test_rans_codes_within_a_hair_of_the_entropy_where_lzma_does_not():
     """Quantized weights are close to independent values, so their order-0 entropy bounds what a coder that
-    ignores order can do: rANS lands on it (plus 4 bytes per lane of final state); lzma spends over 4% more."""
+    ignores order can do: rANS lands within 0.2% of it (its lanes' final states included); lzma spends over 4% more."""
     gen = torch.Generator().manual_seed(0)
     q = (torch.randn(1024, 1024, generator=gen) / (12.85 / 31)).round().clamp(-31, 31).to(torch.int8)  # int6
     p = torch.bincount(q.flatten().long() + 128).double()
@@ -338,11 +338,13 @@ def test_rans_codes_within_a_hair_of_the_entropy_where_lzma_does_not():
     entropy_bytes = float(-(p * p.log2()).sum()) * q.numel() / 8
     coded = train_gpt.rans_encode({"w": q})
     stream_bytes = 2 * coded["words"].numel() + 4 * coded["states"].numel()
-    assert entropy_bytes < stream_bytes < 1.001 * entropy_bytes + 4 * train_gpt.RANS_LANES
+    assert entropy_bytes < stream_bytes < 1.002 * entropy_bytes
     assert len(lzma.compress(q.numpy().tobytes(), preset=9)) > 1.04 * entropy_bytes
     obj = quantize({"w": torch.randn(1024, 1024)}, bits=6, clip_sigmas=12.85)[0]
     rans_bytes, lzma_bytes = (len(train_gpt.serialize_artifact(obj, c)[0]) for c in ("rans", "lzma"))
     assert rans_bytes < 0.96 * lzma_bytes
+    small = quantize({"w": torch.randn(512, 256)})[0]  # the seed's int8, 131,072 values: 16 lanes, not 1,024
+    assert len(train_gpt.serialize_artifact(small, "rans")[0]) < len(train_gpt.serialize_artifact(small, "lzma")[0])
 
 
 def test_an_artifact_says_its_bit_width_even_without_big_matrices(tmp_path):
