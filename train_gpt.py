@@ -786,7 +786,7 @@ def rans_frame(freq: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarr
 
 def rans_encode(quantized: dict[str, Tensor]) -> dict:
     """The intN tensors as one stream entropy-coded by rANS (Duda 2013), each with its own symbol frequencies:
-    within 0.1% of their order-0 entropy, where lzma spends 3-8% more on values this close to independent."""
+    about 0.1% over their order-0 entropy, where lzma spends 2-8% more on values this close to independent."""
     symbols = [q.numpy().ravel().astype(np.int64) + 128 for q in quantized.values()]
     counts = np.array([np.bincount(s, minlength=256) for s in symbols], dtype=np.int64).reshape(-1, 256)
     present = counts > 0  # of 2^RANS_BITS: a unit per symbol present, the rest by count, the remainder to the commonest
