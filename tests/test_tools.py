@@ -202,10 +202,11 @@ def test_submission_json_in_the_seed_shape(tmp_path, capsys):
 
 
 def test_logs_of_any_export_parse_alike(tmp_path):
-    for export in ("int8+zlib", "int6+lzma"):
+    for export in ("int8+zlib", "int6+lzma", "int7+rans"):
         write_log(tmp_path / f"{export}.txt", 1, 2.01, 1.19, total=15_000_000, export=export)
         run = records.parse_log(tmp_path / f"{export}.txt")
         assert run.state == "complete" and (run.roundtrip_val_loss, run.roundtrip_val_bpb) == (2.01, 1.19), export
+        assert run.export == export
         assert (run.artifact_bytes, run.model_bytes, run.code_bytes) == (15_000_000, 14_950_000, 50_000), export
 
 
@@ -230,6 +231,9 @@ def test_predict_size_extends_bytes_against_log_tokens(tmp_path, capsys):
     assert "cautious: +100,000 bytes per doubling of tokens -> 15,350,000 bytes" in out
     with pytest.raises(SystemExit, match="different lengths"):
         records.main(["predict-size", "--factor", "4", str(tmp_path / "s100.txt"), str(tmp_path / "s100.txt")])
+    write_log(tmp_path / "rans800.txt", 1, 2.0, 1.19, total=14_500_000, steps=800, export="int6+rans")
+    with pytest.raises(SystemExit, match=r"one export; got \['int6\+rans', 'int8\+zlib'\]"):
+        records.main(["predict-size", "--factor", "4", *map(str, tmp_path.glob("*.txt"))])
 
 
 @pytest.mark.slow

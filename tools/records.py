@@ -55,6 +55,7 @@ class RunSummary:
     eval_time_ms: float | None = None
     scored_targets: int | None = None  # of the final score: the whole split's with sliding windows, else whole sequences
     artifact_bytes: int | None = None  # code + compressed model
+    export: str | None = None  # how the model was exported: int8+zlib (the seed), int6+rans, ...
     model_bytes: int | None = None
     code_bytes: int | None = None
     peak_alloc_mib: int | None = None
@@ -82,7 +83,7 @@ PATTERNS = {
     "peak": re.compile(r"^peak memory allocated: (\d+) MiB"),
     "code": re.compile(r"^Code size: (\d+) bytes$"),
     "model": re.compile(rf"^Serialized model {EXPORT}: (\d+) bytes"),
-    "total": re.compile(rf"^Total submission size {EXPORT}: (\d+) bytes$"),
+    "total": re.compile(rf"^Total submission size ({EXPORT}): (\d+) bytes$"),
     "eval_only": re.compile(r"^eval_artifact:"),
     "targets": re.compile(r"^(?:val_loader:shards pattern=\S+ tokens|final_eval:sliding_window .* targets):(\d+)$"),
     "roundtrip": re.compile(rf"^final_int\d+_[a-z]+_roundtrip val_loss:{NUM} val_bpb:{NUM} eval_time:{NUM}ms$"),
@@ -133,7 +134,7 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
     elif name == "model":
         s.model_bytes = int(g[0])
     elif name == "total":
-        s.artifact_bytes = int(g[0])
+        s.export, s.artifact_bytes = g[0], int(g[1])
     elif name == "eval_only":
         s.state = "eval-only"
     elif name == "targets":  # the sliding-window line comes later and wins
@@ -318,6 +319,8 @@ def cmd_predict_size(args) -> int:
     runs = sorted(complete_runs(args.logs), key=lambda r: r.steps or 0)
     if len(runs) < 2 or any(r.artifact_bytes is None or not r.steps or not r.train_batch_tokens for r in runs):
         raise SystemExit("error: predict-size needs at least 2 finished training logs with steps, batch and size lines")
+    if len({r.export for r in runs}) > 1:  # sizes of two exports (an lzma and a rans artifact) are not one curve
+        raise SystemExit(f"error: predict-size needs runs of one export; got {sorted({r.export for r in runs})}")
     points = [(math.log(r.steps * r.train_batch_tokens), r.artifact_bytes) for r in runs]
     if len({x for x, _ in points}) < len(points):
         raise SystemExit("error: two logs trained on the same number of tokens; give runs of different lengths")
