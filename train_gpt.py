@@ -638,7 +638,7 @@ QUANT_FORMAT = "int8_clean_per_row_v1"  # intN is stored and rebuilt as int8 is:
 KEEP_FLOAT_MAX_NUMEL, INT8_CLIP_QUANTILE = 65_536, 99.99984 / 100
 EMBEDDING = "tok_emb.weight"  # exported by EMBED_BITS: the tied embedding is also the output head, the most sensitive
 COMPRESSORS = ("zlib", "lzma", "rans")
-RANS_LANES, RANS_BITS = 1024, 15  # rANS: up to 1024 coders interleaved (numpy steps them together); freqs in 2^-15
+RANS_LANES, RANS_LANE_VALUES, RANS_BITS = 1024, 8192, 15  # rANS lanes (numpy steps them together); freqs in 2^-15
 ARTIFACT_LIMIT_BYTES = 16_000_000  # the challenge's cap on code + compressed model, decimal
 XZ_MAGIC = b"\xfd7zXZ\x00"  # how an lzma (.xz) artifact begins; a zlib one begins with 0x78
 
@@ -774,12 +774,11 @@ def collect_hessians(model: GPT, loader: DistributedTokenLoader, args: Hyperpara
     return hessians
 
 
-def rans_frame(freq: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The coder's layout: lane k % lanes codes symbol k at step k // lanes by its tensor's table, a lane per 8,192
-    symbols up to RANS_LANES (each ends in 4 bytes of state); one more table, a free symbol, fills the last step.
-    Returns each step's tables, the frequencies with that table and the cumulative frequencies below each symbol."""
+def rans_frame(freq: np.ndarray, sizes: list[int], lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lane k % lanes codes symbol k at step k // lanes by its tensor's table; an extra table's free symbol fills the
+    last step. Returns each step's tables, and every table's frequencies and cumulative frequencies below a symbol."""
     freq = np.vstack([freq, np.eye(1, 256, dtype=np.int64) << RANS_BITS])  # the free symbol: probability 1
-    table, lanes = np.repeat(np.arange(len(sizes)), sizes), min(RANS_LANES, max(1, sum(sizes) // 8192))
+    table = np.repeat(np.arange(len(sizes)), sizes)
     table = np.append(table, np.full(-table.size % lanes, len(freq) - 1)).reshape(-1, lanes)
     return table, freq, freq.cumsum(1) - freq
 
@@ -789,13 +788,13 @@ def rans_encode(quantized: dict[str, Tensor]) -> dict:
     about 0.1% over their order-0 entropy, where lzma spends 2-8% more on values this close to independent."""
     symbols = [q.numpy().ravel().astype(np.int64) + 128 for q in quantized.values()]
     counts = np.array([np.bincount(s, minlength=256) for s in symbols], dtype=np.int64).reshape(-1, 256)
-    present = counts > 0  # of 2^RANS_BITS: a unit per symbol present, the rest by count, the remainder to the commonest
+    present = counts > 0  # of 2^RANS_BITS: a unit per symbol present, the rest by count, the remainder to the largest
     freq = counts * ((1 << RANS_BITS) - present.sum(1, keepdims=True)) // counts.sum(1, keepdims=True).clip(1) + present
     freq[np.arange(len(freq)), freq.argmax(1)] += (1 << RANS_BITS) - freq.sum(1)
-    table, freq_all, cum = rans_frame(freq, [s.size for s in symbols])
-    sym = np.zeros(table.size, np.int64)
-    sym[:sum(s.size for s in symbols)] = np.concatenate([np.zeros(0, np.int64), *symbols])
-    sym, x, words = sym.reshape(table.shape), np.full(table.shape[1], 1 << 16), []
+    sizes = [s.size for s in symbols]  # each lane ends in 4 bytes of state: one per RANS_LANE_VALUES values
+    table, freq_all, cum = rans_frame(freq, sizes, min(RANS_LANES, max(1, sum(sizes) // RANS_LANE_VALUES)))
+    sym = np.concatenate([*symbols, np.zeros(table.size - sum(sizes), np.int64)]).reshape(table.shape)  # 0: the fill
+    x, words = np.full(table.shape[1], 1 << 16), []
     for t in reversed(range(len(table))):  # the decoder takes symbols back in reverse order
         f, c = freq_all[table[t], sym[t]], cum[table[t], sym[t]]
         emit = x >= f << (32 - RANS_BITS)  # x in [2^16, 2^32): shed its low 16 bits first if coding would pass 2^32
@@ -803,18 +802,16 @@ def rans_encode(quantized: dict[str, Tensor]) -> dict:
         x = np.where(emit, x >> 16, x)
         x = (x // f << RANS_BITS) + x % f + c
     words = np.concatenate([np.zeros(0, np.int64), *words[::-1]]).astype(np.uint16).view(np.int16)
-    return dict(names=list(quantized), shapes=[list(q.shape) for q in quantized.values()],
-                freq=torch.from_numpy(freq), states=torch.from_numpy(x.astype(np.uint32).view(np.int32)),
-                words=torch.from_numpy(words))
+    return dict(names=list(quantized), shapes=[list(q.shape) for q in quantized.values()], freq=torch.from_numpy(freq),
+                states=torch.from_numpy(x.astype(np.uint32).view(np.int32)), words=torch.from_numpy(words))
 
 
 def rans_decode(coded: dict) -> dict[str, Tensor]:
     sizes = [math.prod(shape) for shape in coded["shapes"]]
-    table, freq, cum = rans_frame(coded["freq"].numpy(), sizes)
+    table, freq, cum = rans_frame(coded["freq"].numpy(), sizes, coded["states"].numel())  # lanes as written
     symbol_at = np.stack([np.repeat(np.arange(256), f) for f in freq])  # each table's symbol of each slot
-    x, at = coded["states"].numpy().view(np.uint32).astype(np.int64), 0
+    x, at, out = coded["states"].numpy().view(np.uint32).astype(np.int64), 0, np.empty(table.shape, np.int64)
     words = coded["words"].numpy().view(np.uint16).astype(np.int64)
-    out = np.empty(table.shape, np.int64)
     for t in range(len(table)):
         slot = x & ((1 << RANS_BITS) - 1)
         s = out[t] = symbol_at[table[t], slot]
@@ -822,14 +819,16 @@ def rans_decode(coded: dict) -> dict[str, Tensor]:
         refill = x < 1 << 16  # exactly the lanes that shed 16 bits at this step when encoding
         x[refill] = x[refill] << 16 | words[at: at + refill.sum()]
         at += refill.sum()
+    if at != words.size or (x != 1 << 16).any():  # every lane back at its start, every word read: else not our stream
+        raise ValueError("the rANS stream does not decode to its end")
     values = np.split(out.ravel()[:sum(sizes)] - 128, np.cumsum(sizes)[:-1].astype(np.int64))
     return {name: torch.from_numpy(v.astype(np.int8)).view(shape)
             for name, v, shape in zip(coded["names"], values, coded["shapes"])}
 
 
 def serialize_artifact(obj: dict, compressor: str) -> tuple[bytes, int]:
-    """Returns (compressed bytes, length of the torch.save stream before compression). rans: the intN values
-    entropy-coded, the rest (scales, small tensors, the coder's tables) through lzma."""
+    """Returns (compressed bytes, length of the torch.save stream that lzma/zlib compress). rans: the int8 values
+    entropy-coded first (so that stream is nearly the artifact's size), the rest through lzma."""
     if compressor == "rans":
         obj = dict(obj, quantized={}, rans=rans_encode(obj["quantized"]))
     buf = io.BytesIO()
@@ -845,10 +844,11 @@ def load_artifact(path: str) -> tuple[dict[str, Tensor], int, str]:
         compressor = "lzma" if blob.startswith(XZ_MAGIC) else "zlib"
         obj = torch.load(io.BytesIO(lzma.decompress(blob) if compressor == "lzma" else zlib.decompress(blob)),
                          map_location="cpu")
-    except Exception as e:  # unreadable, not zlib or xz, not a torch file: all the same advice
+        state = dequantize_state_dict(obj)
+    except Exception as e:  # unreadable, not zlib or xz, not a torch file or not ours, a broken stream: one advice
         raise ConfigError(f"cannot read artifact {path} ({first_line(e)}); "
                           f"point EVAL_ARTIFACT at a .ptz a run wrote") from None
-    return dequantize_state_dict(obj), obj.get("bits", 8), "rans" if "rans" in obj else compressor
+    return state, obj.get("bits", 8), "rans" if "rans" in obj else compressor
 
 
 def load_weights(model: GPT, state: dict[str, Tensor], source: str) -> None:

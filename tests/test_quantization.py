@@ -310,8 +310,8 @@ def test_every_compressor_loads_alike_and_says_how_it_was_made(tmp_path):
 
 def rans_cases() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return {"int6": (torch.randn(300, 77, generator=gen) * 6).round().clamp(-31, 31).to(torch.int8),  # 23,100: not
-            "int8_extremes": torch.tensor([-127, 127, 0] * 700, dtype=torch.int8).view(30, 70),  # whole steps
+    return {"int6": (torch.randn(301, 77, generator=gen) * 6).round().clamp(-31, 31).to(torch.int8),  # 23,177:
+            "int8_extremes": torch.tensor([-127, 127, 0] * 700, dtype=torch.int8).view(30, 70),  # 2 lanes, 1 left
             "constant": torch.full((40, 40), -5, dtype=torch.int8), "one": torch.tensor([[127]], dtype=torch.int8),
             "vector": torch.randint(-127, 128, (5000,), generator=gen).to(torch.int8)}
 
@@ -326,6 +326,31 @@ def test_rans_gives_back_every_tensor_exactly(names):
     for name in names:
         assert back[name].dtype == torch.int8 and back[name].shape == quantized[name].shape
         assert torch.equal(back[name], quantized[name]), name
+
+
+def test_rans_decodes_with_the_lanes_it_was_written_with(monkeypatch):
+    """The lane count is read from the artifact, not from today's rule: artifacts of another rule still load."""
+    quantized = rans_cases()
+    for lane_values in (1, 10**9):  # as many lanes as allowed, one lane
+        monkeypatch.setattr(train_gpt, "RANS_LANE_VALUES", lane_values)
+        coded = train_gpt.rans_encode(quantized)
+        monkeypatch.undo()
+        assert coded["states"].numel() == (train_gpt.RANS_LANES if lane_values == 1 else 1)
+        back = train_gpt.rans_decode(coded)
+        assert all(torch.equal(back[name], q) for name, q in quantized.items())
+
+
+def test_a_broken_rans_stream_is_refused_in_one_line(tmp_path):
+    obj = quantize({"w": torch.randn(512, 256)}, bits=6)[0]
+    coded = torch.load(io.BytesIO(lzma.decompress(train_gpt.serialize_artifact(obj, "rans")[0])))
+    coded["rans"]["words"] = torch.cat([coded["rans"]["words"], coded["rans"]["words"][:1]])  # one word too many
+    buf = io.BytesIO()
+    torch.save(coded, buf)
+    (tmp_path / "broken.int6.ptz").write_bytes(lzma.compress(buf.getvalue()))
+    with pytest.raises(ValueError, match="does not decode to its end"):
+        train_gpt.rans_decode(coded["rans"])
+    with pytest.raises(train_gpt.ConfigError, match=r"^cannot read artifact .*broken.int6.ptz \(the rANS stream"):
+        train_gpt.load_artifact(str(tmp_path / "broken.int6.ptz"))
 
 
 def test_rans_codes_within_a_hair_of_the_entropy_where_lzma_does_not():
