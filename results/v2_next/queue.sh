@@ -34,7 +34,7 @@
 #   embedding at int7 by a 12, 14 (the records') and 17 sigma clip (v2_part11 predicts a margin of only 5,740
 #   bytes; rounded to nearest: compare the sweep's points with each other, not with the GPTQ artifact). Since
 #   session 12 the sweep's points are coded by rANS (the new default), one by lzma as well (the pair measures the
-#   coder's gain on trained weights), and two at int7 blocks (what the ~1 MB the coder saves could buy); the run
+#   coder's gain on trained weights), and two at int7 blocks (what the coder's savings could buy); the run
 #   itself keeps lzma, so that its size compares with its P60 and P600 sizes (the prediction). Then,
 #   from the same command, `bash results/speed_v2/queue.sh losses stack`, then part 13: part 6's seed_frac
 #   screen. FlashAttention-4, where staged in /tmp/fa4, is on the path of every run (SDPA_BACKEND=auto takes it,
