@@ -11,7 +11,8 @@
 # are built once per machine: validation = the first 2,500 documents, held back = the last 2,500
 # (never trained on; each artifact is rescored on them as its run scored, TTT included; HOLDOUT=0
 # skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS[:EMBED_BITS:
-# EMBED_CLIP_SIGMAS[:COMPRESSOR]] (tools/requantize.py, rounding to nearest; embedding 8:14 and rans unless given)
+# EMBED_CLIP_SIGMAS[:COMPRESSOR]] (tools/requantize.py, rounding to nearest, by GPTQ with SWEEP_GPTQ=1 (Hessians
+# from the training shards, the run's shapes); embedding 8:14 and rans unless given)
 # and scores each export without sliding windows or TTT (8:any with an int8 embedding: size only; any point with a
 # compressor: size only, since it scores as the same point without). Logs and a line per run go to $RESULTS
 # (default $OUT).
@@ -34,9 +35,9 @@ if [ ! -f $DATA/manifest.json ]; then  # build.py writes the manifest last: its 
     || { cat $RES/build_sp$VOCAB.txt; exit 1; }
   echo "== build sp$VOCAB $(( $(date +%s) - t0 ))s"; tail -4 $RES/build_sp$VOCAB.txt
 fi
-common="VOCAB_SIZE=$VOCAB TOKENIZER_PATH=$TOK"
+common="VOCAB_SIZE=$VOCAB TOKENIZER_PATH=$TOK"; gptq=$([ "${SWEEP_GPTQ:-0}" = 1 ] && echo 1)
 sweep_point() {  # B:S[:EB:ES[:C]] -> b c eb es comp, and q: the export's run id
-  IFS=: read -r b c eb es comp <<< "$1"; q=${rid}_q${b}s${c}${eb:+e${eb}s${es}}${comp:+_$comp}
+  IFS=: read -r b c eb es comp <<< "$1"; q=${rid}_q${b}s${c}${eb:+e${eb}s${es}}${comp:+_$comp}${gptq:+_gptq}
   eb=${eb:-8}; es=${es:-14}; scored=$([ "$b$eb" != 88 ] && [ -z "$comp" ] && echo 1)
 }
 while [ $# -ge 3 ]; do
@@ -62,8 +63,8 @@ while [ $# -ge 3 ]; do
   t0=$(date +%s)
   for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)
     sweep_point $v
-    env $common SDPA_BACKEND=flash QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es \
-      COMPRESSOR=${comp:-rans} python3 tools/requantize.py \
+    env $common $extra SDPA_BACKEND=flash QUANT_GPTQ=${gptq:-0} DATA_PATH=$DATA QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c \
+      EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es COMPRESSOR=${comp:-rans} python3 tools/requantize.py \
       artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1 &
   done; wait
   for v in $SWEEP; do

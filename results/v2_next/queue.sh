@@ -13,8 +13,11 @@
 #   The larger models export int6 by GPTQ at the records' 12.85 sigma to fit 16 MB.
 # Part 4: the records' stack against the defaults at P600v2, seed 1337; part 5 the same at seed 1338. STACK defaults
 #   to the whole stack of part 8 (which ran, fits and took 2.5 s to calibrate GPTQ: reserve 3 s); no held-back
-#   scores, to fit 30 minutes (~1,710 s of runs). Parts 9-10: the same with the small stack (the records' switches
-#   that cost no size: XSA, partial RoPE, LN scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
+#   scores, to fit 30 minutes. Part 4 ran in session 13 (results/v2_part4/: a tie; its queue took 1,586 s, the
+#   session 1,707 s of 1,800). Part 5 adds, after both runs (the ~90 s left; losing it loses no run), the stack's
+#   weights re-exported by GPTQ at its own 12.85 sigma and at 12 (the blocks' finer clip its rANS margin could
+#   buy: ~+0.3 MB). Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA,
+#   partial RoPE, LN scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
 #   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
 #   size: does it run, fit and beat the defaults by enough to take to P600v2? (The switches have CPU tests of their
@@ -67,8 +70,9 @@ case $PART in
 3) HOLDOUT=0 bash tools/proxy.sh 180 def 1337 "$SCREEN" int6 1337 "$SCREEN $INT6" \
      l11 1337 "$SCREEN $INT6 NUM_LAYERS=11" l11_mlp3 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=3" \
      l11_mlp4 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=4" ;;
-4|5) SEED=$(( PART == 4 ? 1337 : 1338 ))
-   HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" stack $SEED "${STACK:-$STACK_ALL GPTQ_RESERVE_SECONDS=3}" ;;
+4) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" stack 1337 "${STACK:-$STACK_ALL GPTQ_RESERVE_SECONDS=3}" ;;
+5) HOLDOUT=0 bash tools/proxy.sh 600 def 1338 ""
+   HOLDOUT=0 SWEEP_GPTQ=1 SWEEP="6:12.85 6:12" bash tools/proxy.sh 600 stack 1338 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
 9|10) SEED=$(( PART == 9 ? 1337 : 1338 ))
    HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" small_stack $SEED "$SMALL_STACK" ;;
 7) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
