@@ -15,8 +15,8 @@
 #   to the whole stack of part 8 (which ran, fits and took 2.5 s to calibrate GPTQ: reserve 3 s); no held-back
 #   scores, to fit 30 minutes. Part 4 ran in session 13 (results/v2_part4/: a tie; its queue took 1,586 s, the
 #   session 1,707 s of 1,800). Part 5 adds, after both runs (the ~90 s left; losing it loses no run), the stack's
-#   weights re-exported by GPTQ at its own 12.85 sigma and at 12 (the blocks' finer clip its rANS margin could
-#   buy: ~+0.3 MB). Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA,
+#   weights re-exported by GPTQ at its own 12.85 sigma, at 12 and at 11 (finer clips for the blocks, which the
+#   rANS margin could buy: about +0.3 and +0.7 MB by log2 of the clip ratio over 26 M values). Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA,
 #   partial RoPE, LN scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
 #   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
@@ -72,7 +72,7 @@ case $PART in
      l11_mlp4 1337 "$SCREEN $INT6 NUM_LAYERS=11 MLP_MULT=4" ;;
 4) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" stack 1337 "${STACK:-$STACK_ALL GPTQ_RESERVE_SECONDS=3}" ;;
 5) HOLDOUT=0 bash tools/proxy.sh 600 def 1338 ""
-   HOLDOUT=0 SWEEP_GPTQ=1 SWEEP="6:12.85 6:12" bash tools/proxy.sh 600 stack 1338 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
+   HOLDOUT=0 SWEEP_GPTQ=1 SWEEP="6:12.85 6:12 6:11" bash tools/proxy.sh 600 stack 1338 "$STACK_ALL GPTQ_RESERVE_SECONDS=3" ;;
 9|10) SEED=$(( PART == 9 ? 1337 : 1338 ))
    HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" small_stack $SEED "$SMALL_STACK" ;;
 7) HOLDOUT=0 bash tools/proxy.sh 60 stack 1337 "$SCREEN $STACK_ALL"  # its size at 60 s (with P180's: the prediction)
