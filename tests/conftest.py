@@ -38,9 +38,6 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "slow" not in item.keywords]
 
 
-SMALL_MODEL = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2")
-
-
 def quantize(state, bits=8, clip_sigmas=6.0, hessians=None, damp=0.01, embed=(8, 0.0)):
     """train_gpt.quantize_state_dict with the seed's int8 unless told otherwise."""
     import train_gpt
@@ -82,6 +79,13 @@ def readme_block(name: str) -> str:
     return " ".join(block.replace("\\\n", " ").split())
 
 
+SEED_SETTINGS = dict(word.split("=", 1) for word in readme_block("seed-environment").split() if word[0].isupper())
+SEED_MODEL = {name: value for name, value in SEED_SETTINGS.items() if name in (  # the switches of its model
+    "NUM_LAYERS", "MLP_MULT", "QK_GAIN_INIT", "MLP_LEAKY_SLOPE", "XSA_LAYERS", "ROPE_DIMS", "LN_SCALE", "SMEAR_GATE",
+    "PARALLEL_LAYERS", "RECUR_LAYERS")}
+SMALL_MODEL = dict(SEED_MODEL, VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2")
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", make_documents(1200, seed=0))
@@ -109,18 +113,19 @@ def dataset(tmp_path_factory, corpus, tokenizer_path) -> Path:
 
 
 def tiny_env(dataset: Path, tokenizer: Path, **overrides) -> dict[str, str]:
-    """A configuration that trains end to end on two CPU cores in a few seconds. MODEL_DIM=192
+    """The seed's model, small enough to train end to end on two CPU cores in a few seconds. MODEL_DIM=192
     makes the embedding and the MLP matrices big enough for the int8 path of the export. It uses
     the step-count schedules: its learning rates are high, and a run of ITERATIONS=4 stays stable
     only because WARMDOWN_ITERS=10 decays it from the first step. It exports the seed's int8+zlib,
     whose log lines SPEC.md fixes, and scores without test-time training (its validation split is
     under one TTT chunk anyway); tests of other exports, and of TTT, say so."""
-    env = dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), VOCAB_SIZE=str(VOCAB_SIZE), NUM_LAYERS="2",
-               MODEL_DIM="192", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="1024",
-               VAL_BATCH_SIZE="4096", ITERATIONS="30", WARMUP_STEPS="2", WARMDOWN_ITERS="10", VAL_LOSS_EVERY="0",
-               TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", COMPILE="0", SEED="1", MATRIX_LR="0.04",
-               TIED_EMBED_LR="0.1", SCALAR_LR="0.04", WARMDOWN_FRAC="0", MUON_MOMENTUM_WARMUP_FRAC="0",
-               QUANT_BITS="8", COMPRESSOR="zlib", TTT_EPOCHS="0")
+    env = dict(SEED_MODEL, DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), VOCAB_SIZE=str(VOCAB_SIZE),
+               NUM_LAYERS="2", MODEL_DIM="192", NUM_HEADS="4", NUM_KV_HEADS="2", TRAIN_SEQ_LEN="64",
+               TRAIN_BATCH_TOKENS="1024", VAL_BATCH_SIZE="4096", ITERATIONS="30", WARMUP_STEPS="2",
+               WARMDOWN_ITERS="10", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", MAX_WALLCLOCK_SECONDS="0", COMPILE="0",
+               SEED="1", MATRIX_LR="0.04", TIED_EMBED_LR="0.1", SCALAR_LR="0.04", WARMDOWN_FRAC="0",
+               MUON_MOMENTUM_WARMUP_FRAC="0", EMA_HORIZON_FRAC="0", QUANT_BITS="8", QUANT_GPTQ="0", COMPRESSOR="zlib",
+               TTT_EPOCHS="0")
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

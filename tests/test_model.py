@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train_gpt
-from conftest import SMALL_MODEL, quantize
+from conftest import SEED_SETTINGS, SMALL_MODEL, quantize
 
 
 # Every model switch beyond the seed, on.
@@ -19,7 +19,7 @@ BEYOND_SEED_MODEL = dict(MLP_LEAKY_SLOPE="0.5", PARALLEL_LAYERS="2", RECUR_LAYER
                          XSA_LAYERS="2", ROPE_DIMS="8", LN_SCALE="1", SMEAR_GATE="1")
 
 def test_seed_model_shape_dtypes_and_optimizer_routing():
-    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed's shapes
+    args = train_gpt.Hyperparameters(SEED_SETTINGS)
     model = train_gpt.build_model(args, torch.device("cpu"))
     assert sum(p.numel() for p in model.parameters()) == 17_059_912  # SPEC.md
     params = dict(model.named_parameters())
@@ -33,10 +33,10 @@ def test_seed_model_shape_dtypes_and_optimizer_routing():
     assert len(muon.param_groups[0]["params"]) == 54  # 6 matrices in each of 9 blocks
     assert [g["lr"] for o in optimizers for g in o.param_groups] == [0.03, 0.02, 0.02]
     assert all("base_lr" in g for o in optimizers for g in o.param_groups)
-    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.04, True)  # defaults
-    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024", MUON_WEIGHT_DECAY="0", MUON_ROW_NORM="0"))  # the seed's
-    _, muon = train_gpt.build_optimizers(model, args, 0, 1)
     assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.0, False)
+    args = train_gpt.Hyperparameters(dict(SEED_SETTINGS, MUON_WEIGHT_DECAY="0.04", MUON_ROW_NORM="1"))
+    _, muon = train_gpt.build_optimizers(model, args, 0, 1)
+    assert (muon.param_groups[0]["weight_decay"], muon.param_groups[0]["row_norm"]) == (0.04, True)
 
 
 def test_rotary_angles_are_float32_and_positions_exact():
@@ -61,7 +61,7 @@ def test_seed_switches_compute_the_seed_block():
 
 def test_parallel_layers_feed_attention_and_mlp_the_same_input():
     torch.manual_seed(0)
-    env = dict(VOCAB_SIZE="64", NUM_LAYERS="3", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", PARALLEL_LAYERS="2")
+    env = dict(SMALL_MODEL, NUM_LAYERS="3", PARALLEL_LAYERS="2")
     args = train_gpt.Hyperparameters(env)
     model = train_gpt.build_model(args, torch.device("cpu"))
     assert [block.parallel for block in model.blocks] == [False, True, True]  # the last two
@@ -86,8 +86,7 @@ def test_parallel_layers_feed_attention_and_mlp_the_same_input():
 
 def test_depth_recurrence_runs_the_repeated_blocks_twice_with_skips_over_the_looped_order():
     torch.manual_seed(0)
-    env = dict(VOCAB_SIZE="64", NUM_LAYERS="5", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2",
-               RECUR_LAYERS="2", RECUR_START="1")
+    env = dict(SMALL_MODEL, NUM_LAYERS="5", RECUR_LAYERS="2", RECUR_START="1")
     model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
     assert model.skip_weights.shape == (3, 32)  # 7 blocks run looped: 3 encoder/decoder pairs
     for block in model.blocks:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt
-from conftest import quantize
+from conftest import SEED_MODEL, quantize
 
 
 def test_quantize_round_trip_exactness_error_bound_and_sizes():
@@ -59,7 +59,7 @@ def test_quantize_round_trip_exactness_error_bound_and_sizes():
 
 
 def test_model_round_trips_through_an_artifact_file(tmp_path):
-    env = dict(VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="160", NUM_HEADS="4", NUM_KV_HEADS="2")
+    env = dict(SEED_MODEL, VOCAB_SIZE="512", NUM_LAYERS="3", MODEL_DIM="160", NUM_HEADS="4", NUM_KV_HEADS="2")
     model = train_gpt.build_model(train_gpt.Hyperparameters(env), torch.device("cpu"))
     path = tmp_path / "m.int8.ptz"
     path.write_bytes(train_gpt.serialize_artifact(quantize(model.state_dict())[0], "zlib")[0])
@@ -271,7 +271,7 @@ class RecordingLoader:
 
 
 def test_hessians_sum_every_linear_input_over_the_calibration_batches():
-    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4",
+    args = train_gpt.Hyperparameters(dict(SEED_MODEL, VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4",
                                           NUM_KV_HEADS="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512",
                                           GPTQ_CALIB_BATCHES="3", TIE_EMBEDDINGS="0"))
     model = train_gpt.build_model(args, torch.device("cpu"))

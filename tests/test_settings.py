@@ -96,7 +96,8 @@ def test_loop_budget_leaves_gptq_its_reserve_and_the_warmdown_ends_there():
     assert budget == 3000.0
     assert train_gpt.lr_multiplier(30, 3000.0, 20000, 0, budget, warmdown_frac=1.0) == 0.0
     assert train_gpt.lr_multiplier(15, 1500.0, 20000, 0, budget, warmdown_frac=1.0) == pytest.approx(0.5)
-    assert train_gpt.loop_budget_ms(train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="30"))) == 30_000.0
+    no_gptq = train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="30", QUANT_GPTQ="0"))
+    assert train_gpt.loop_budget_ms(no_gptq) == 30_000.0
     assert train_gpt.loop_budget_ms(train_gpt.Hyperparameters(dict(MAX_WALLCLOCK_SECONDS="0", QUANT_GPTQ="1"))) is None
 
 

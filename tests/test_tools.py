@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train_gpt
-from conftest import ROOT, run_train, tiny_env
+from conftest import ROOT, SEED_SETTINGS, run_train, tiny_env
 
 sys.path.insert(0, str(ROOT / "tools"))
 import benchmark  # noqa: E402
@@ -22,7 +22,7 @@ import records  # noqa: E402
 
 
 def test_flops_per_token_counts_every_matrix_and_causal_attention():
-    args = train_gpt.Hyperparameters(dict(VOCAB_SIZE="1024"))  # the seed configuration
+    args = train_gpt.Hyperparameters(SEED_SETTINGS)
     model = train_gpt.build_model(args, torch.device("cpu"))
     matrices = sum(p.numel() for n, p in model.blocks.named_parameters() if p.ndim == 2 and "resid_mix" not in n)
     matrices += model.tok_emb.weight.numel()  # the tied output layer
@@ -73,7 +73,7 @@ def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run
     cwd, _ = first_run
     raw = cwd / "artifacts" / "first_model.pt"
     env = tiny_env(dataset, tokenizer_path, QUANT_BITS="6", COMPRESSOR="lzma")  # the run's shapes and data
-    gptq = requantize(tmp_path, raw, tmp_path / "gptq.ptz", **env, QUANT_GPTQ="1")
+    gptq = requantize(tmp_path, raw, tmp_path / "gptq.ptz", **dict(env, QUANT_GPTQ="1"))
     plain = requantize(tmp_path, raw, tmp_path / "plain.ptz", **env)
     assert gptq.returncode == 0 and "requantize: int6+lzma clip_sigmas:6.0 gptq:True embed_bits:8 " in gptq.stdout, \
         gptq.stderr
@@ -104,7 +104,7 @@ def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run
     for settings, message in ((no_data, "DATA_PATH=./data/datasets/fineweb10B_sp8192 is not a folder"),
                               (dict(env, QUANT_BITS="8"), "QUANT_GPTQ=1 needs QUANT_BITS < 8"),
                               (dict(env, MODEL_DIM="128"), "use the shape settings of the run that made it")):
-        bad = requantize(tmp_path, raw, tmp_path / "bad.ptz", **settings, QUANT_GPTQ="1")
+        bad = requantize(tmp_path, raw, tmp_path / "bad.ptz", **dict(settings, QUANT_GPTQ="1"))
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.ptz").exists()
 

@@ -184,7 +184,8 @@ class RandomBatches:
 
 
 TRAIN_ENV = dict(SMALL_MODEL, TRAIN_BATCH_TOKENS="256", TRAIN_SEQ_LEN="16", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="0",
-                 MAX_WALLCLOCK_SECONDS="0", COMPILE="0", MATRIX_LR="0.04", SCALAR_LR="0.04", TIED_EMBED_LR="0.1")
+                 MAX_WALLCLOCK_SECONDS="0", COMPILE="0", MATRIX_LR="0.04", SCALAR_LR="0.04", TIED_EMBED_LR="0.1",
+                 EMA_HORIZON_FRAC="0", QUANT_GPTQ="0")
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
