@@ -413,7 +413,8 @@ def test_tiny_dataset_trains_with_the_command_it_prints(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     bpb = [float(x) for x in re.findall(r"^step:\d+/\d+ val_loss:[\d.]+ val_bpb:([\d.]+) ", run.stdout, re.M)]
     assert len(bpb) == 2 and bpb[1] < 0.7 * bpb[0], "the loss falls"
-    assert re.search(r"^final_int7_rans_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", run.stdout, re.M)
+    label = train_gpt.export_label(train_gpt.Hyperparameters({})).replace("+", "_")  # the default export's
+    assert re.search(rf"^final_{label}_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", run.stdout, re.M)
 
 
 # ---- downloading ------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ def requantize(cwd, raw, out, **settings) -> subprocess.CompletedProcess:
 def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_path, tmp_path):
     cwd, _ = first_run
     raw = cwd / "artifacts" / "first_model.pt"
-    again = requantize(tmp_path, raw, tmp_path / "again.ptz", QUANT_BITS="8", COMPRESSOR="zlib",
-                       TTT_CHUNK_TOKENS="100")  # not a valid TTT chunk, but an export does not evaluate
+    again = requantize(tmp_path, raw, tmp_path / "again.ptz", QUANT_BITS="8", QUANT_CLIP_SIGMAS="6", QUANT_GPTQ="0",
+                       COMPRESSOR="zlib", TTT_CHUNK_TOKENS="100")  # not a valid TTT chunk, but an export does not evaluate
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again.ptz").read_bytes() == (cwd / "artifacts" / "first_model.int8.ptz").read_bytes()
     code = len((ROOT / "train_gpt.py").read_bytes())
@@ -50,7 +50,7 @@ def test_requantize_writes_what_the_export_writes(first_run, dataset, tokenizer_
            f"model_bytes:{model} code_bytes:{code} " \
            f"total_bytes:{model + code} fits:True out:{tmp_path / 'again.ptz'}" in again.stdout
     int6 = requantize(tmp_path, raw, tmp_path / "q6.ptz", QUANT_BITS="6", QUANT_CLIP_SIGMAS="4", COMPRESSOR="lzma",
-                      EMBED_BITS="7")
+                      EMBED_BITS="7", QUANT_GPTQ="0")
     assert int6.returncode == 0 and "requantize: int6+lzma clip_sigmas:4.0 " in int6.stdout, int6.stderr
     assert artifact_object(tmp_path / "q6.ptz")["qmeta"]["tok_emb.weight"] == dict(scheme="per_row", axis=0, bits=7)
     scored = run_train(tmp_path, tiny_env(dataset, tokenizer_path, RUN_ID="q6", EVAL_ARTIFACT=str(tmp_path / "q6.ptz")))
@@ -72,7 +72,7 @@ def artifact_object(path) -> dict:
 def test_requantize_rounds_by_gptq_with_hessians_from_training_batches(first_run, dataset, tokenizer_path, tmp_path):
     cwd, _ = first_run
     raw = cwd / "artifacts" / "first_model.pt"
-    env = tiny_env(dataset, tokenizer_path, QUANT_BITS="6", COMPRESSOR="lzma")  # the run's shapes and data
+    env = tiny_env(dataset, tokenizer_path, QUANT_BITS="6", QUANT_CLIP_SIGMAS="6", COMPRESSOR="lzma")  # its shapes, data
     gptq = requantize(tmp_path, raw, tmp_path / "gptq.ptz", **dict(env, QUANT_GPTQ="1"))
     plain = requantize(tmp_path, raw, tmp_path / "plain.ptz", **env)
     assert gptq.returncode == 0 and "requantize: int6+lzma clip_sigmas:6.0 gptq:True embed_bits:8 " in gptq.stdout, \
