@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import train_gpt
-from conftest import readme_block
+from conftest import ROOT, SEED_SETTINGS
 
 
 # The seed recipe's defaults, written out from SPEC.md ("Hyperparameters").
@@ -45,15 +47,31 @@ def test_every_setting_is_either_seed_math_or_not_math():
 
 
 def test_readme_seed_environment_selects_the_seed_math():
-    line = readme_block("seed-environment")
-    env = dict(word.split("=", 1) for word in line.split() if "=" in word and word[0].isupper())
-    args = train_gpt.Hyperparameters(env)
+    args = train_gpt.Hyperparameters(SEED_SETTINGS)
     for name, value in {**SPEC_DEFAULTS, **SEED_SWITCHES}.items():
         assert getattr(args, name) == value, name
     model = train_gpt.build_model(args, torch.device("cpu"))
     assert all(block.attn.backend == "flash" and not (block.parallel or block.attn.xsa) for block in model.blocks)
     assert all(block.norm_scale == 1.0 for block in model.blocks)
     assert model.blocks[0].mlp.leaky_slope == 0 and model.rope_dims == 64 and model.smear_gate is None
+
+
+def test_readme_knob_table_gives_every_setting_its_default():
+    """Each row of README's "Knobs" table names its variables and their defaults in one order (`A` / `B` | a / b;
+    `X_START` / `_STEPS` shortens X_STEPS); every setting has a row and its default is the script's."""
+    defaults, stated = train_gpt.Hyperparameters.defaults(), {}
+    knobs = (ROOT / "README.md").read_text().split("\n## Knobs\n", 1)[1].split("\n## ", 1)[0]
+    for row in re.findall(r"^\| (`[A-Z_].*?) \| (.*?) \|", knobs, re.M):
+        names = [n.strip().strip("`") for n in row[0].split(" / ")]
+        names = [names[0].rsplit("_", 1)[0] + n if n.startswith("_") else n for n in names]
+        stated.update(zip((n.lower() for n in names), row[1].split(" / "), strict=True))
+    assert set(stated) == set(defaults)
+    for name, text in stated.items():
+        text, value = text.strip("`"), defaults[name]
+        if isinstance(value, str):
+            assert text == value or (value == "" and text in ("(empty)", "fresh per run")), name
+        else:
+            assert float(text) == float(value), name
 
 
 def test_environment_overrides_and_types():
