@@ -14,7 +14,7 @@
 # Part 4: the records' stack against the defaults at P600v2, seed 1337; part 5 the same at seed 1338. STACK defaults
 #   to the whole stack of part 8 (which ran, fits and took 2.5 s to calibrate GPTQ: reserve 3 s); no held-back
 #   scores, to fit 30 minutes. Part 4 ran in session 13 (results/v2_part4/: a tie; its queue took 1,586 s, the
-#   session 1,707 s of 1,800). Part 5 adds, after both runs (the ~90 s left; losing it loses no run), the stack's
+#   session 1,709 s of 1,800). Part 5 adds, after both runs (the ~90 s left; losing it loses no run), the stack's
 #   weights re-exported by GPTQ at its own 12.85 sigma, at 12 and at 11 (finer clips for the blocks, which the
 #   rANS margin could buy: about +0.3 and +0.7 MB by log2 of the clip ratio over 26 M values). train_gpt.py stays
 #   as part 4 ran it (sha256 6f0930cd8142): if the defaults stay, parts 4-5's defaults runs are 10-minute runs of
