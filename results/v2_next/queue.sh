@@ -18,8 +18,9 @@
 #   weights re-exported by GPTQ at its own 12.85 sigma, at 12 and at 11 (finer clips for the blocks, which the
 #   rANS margin could buy: about +0.3 and +0.7 MB by log2 of the clip ratio over 26 M values). train_gpt.py stays
 #   as part 4 ran it (sha256 6f0930cd8142): if the defaults stay, parts 4-5's defaults runs are 10-minute runs of
-#   the committed script at seeds 1337 and 1338 (issue "The record folder" needs its logs to embed that script). Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA,
-#   partial RoPE, LN scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
+#   the committed script at seeds 1337 and 1338 (issue "The record folder" needs its logs to embed that script).
+#   Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA, partial RoPE, LN
+#   scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
 #   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
 #   size: does it run, fit and beat the defaults by enough to take to P600v2? (The switches have CPU tests of their
