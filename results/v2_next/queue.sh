@@ -19,6 +19,9 @@
 #   rANS margin could buy: about +0.3 and +0.7 MB by log2 of the clip ratio over 26 M values). train_gpt.py stays
 #   as part 4 ran it (sha256 6f0930cd8142): if the defaults stay, parts 4-5's defaults runs are 10-minute runs of
 #   the committed script at seeds 1337 and 1338 (issue "The record folder" needs its logs to embed that script).
+#   Part 14 (after part 5, on whichever defaults it leaves): the records' later warmdown, 0.72 of the budget
+#   against our 0.357 (TECHNIQUES.md: 0.667 in 04-05, 0.72-0.85 since; an always-decaying LR cut the post-export
+#   penalty from 0.014 to 0.005 in 03-19, and the stack's int6 export costs it 0.0089 here), P600v2 seed 1337.
 #   Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA, partial RoPE, LN
 #   scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
@@ -51,7 +54,7 @@
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-13)}
+PART=${1:?usage: queue.sh PART (1-14)}
 [ -d /tmp/fa4 ] && export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # as pip's .pth would
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
@@ -92,6 +95,7 @@ case $PART in
 12) VOCAB=1024 bash tools/proxy.sh 180 seed 1338 "$SEED_ENV WARMDOWN_FRAC=0 MUON_MOMENTUM_WARMUP_FRAC=0"
    HOLDOUT=0 SWEEP="6:12.85 6:12.85:8:14:lzma 6:14 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17 7:12.85 7:12.85:7:14" \
      bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3 COMPRESSOR=lzma" ;;
+14) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" warmdown72 1337 "WARMDOWN_FRAC=0.72" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
