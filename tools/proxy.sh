@@ -61,21 +61,15 @@ while [ $# -ge 3 ]; do
   fi
   [ -n "${SWEEP:-}" ] || continue
   t0=$(date +%s)
-  for v in $SWEEP; do  # quantize and compress in parallel (CPU), then score in parallel (one GPU)
-    sweep_point $v
-    env $common $extra SDPA_BACKEND=flash QUANT_GPTQ=${gptq:-0} DATA_PATH=$DATA QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c \
-      EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es COMPRESSOR=${comp:-rans} python3 tools/requantize.py \
-      artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1 &
+  for v in $SWEEP; do  # the points in parallel: each quantized and compressed (CPU), then scored (the GPU), its
+    sweep_point $v     # lines printed as it ends, so that a queue cut short keeps the points that ended
+    ( env $common $extra SDPA_BACKEND=flash QUANT_GPTQ=${gptq:-0} DATA_PATH=$DATA QUANT_BITS=$b QUANT_CLIP_SIGMAS=$c \
+        EMBED_BITS=$eb EMBED_CLIP_SIGMAS=$es COMPRESSOR=${comp:-rans} python3 tools/requantize.py \
+        artifacts/${rid}_model.pt artifacts/${q}_model.int$b.ptz > /tmp/$q.req 2>&1; cat /tmp/$q.req
+      [ -n "$scored" ] && grep -q "^requantize:" /tmp/$q.req || exit 0
+      env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q \
+        DATA_PATH=$DATA VAL_BATCH_SIZE=131072 python3 train_gpt.py > /tmp/$q.out 2>&1  # quarter batches: shared GPU
+      echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)" ) &
   done; wait
-  for v in $SWEEP; do
-    sweep_point $v; cat /tmp/$q.req
-    [ -z "$scored" ] || ! grep -q "^requantize:" /tmp/$q.req && continue
-    env $common $extra COMPILE=0 EVAL_STRIDE=0 TTT_EPOCHS=0 EVAL_ARTIFACT=artifacts/${q}_model.int$b.ptz RUN_ID=$q DATA_PATH=$DATA \
-      VAL_BATCH_SIZE=131072 python3 train_gpt.py > /tmp/$q.out 2>&1 &  # quarter batches: several scores share the GPU
-  done; wait
-  for v in $SWEEP; do
-    sweep_point $v; [ -z "$scored" ] || ! grep -q "^requantize:" /tmp/$q.req && continue
-    echo "$q: $(grep -E '^final_.*roundtrip ' /tmp/$q.out || tail -2 /tmp/$q.out)"
-  done
   echo "== ${rid} sweep wall=$(( $(date +%s) - t0 ))s"
 done
