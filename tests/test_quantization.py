@@ -383,6 +383,6 @@ def test_export_names_follow_the_settings():
     seed = train_gpt.Hyperparameters(dict(QUANT_BITS="8", COMPRESSOR="zlib"))
     int6 = train_gpt.Hyperparameters(dict(QUANT_BITS="6", COMPRESSOR="lzma"))
     assert train_gpt.export_label(seed) == "int8+zlib" and train_gpt.export_label(int6) == "int6+lzma"
-    assert train_gpt.export_label(train_gpt.Hyperparameters({})) == "int7+rans"
+    assert train_gpt.export_label(train_gpt.Hyperparameters({})) == "int6+rans"
     assert train_gpt.run_paths("r", 8)["artifact"] == Path("artifacts") / "r_model.int8.ptz"
     assert train_gpt.run_paths("r", 6)["artifact"] == Path("artifacts") / "r_model.int6.ptz"

@@ -17,7 +17,8 @@ exec >> $Q/console.txt 2>&1
 echo "== speed queue start $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader) train_gpt.py sha256 $(sha256sum train_gpt.py | cut -c1-12)"
 export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # FA4 as pip's .pth would put it
 python3 -c "import torch; print('torch', torch.__version__)"
-SEED_STEP="VOCAB_SIZE=1024 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0"  # the seed's model and optimizer (MLP_MULT=2 as now)
+SEED_STEP="VOCAB_SIZE=1024 MUON_WEIGHT_DECAY=0 MUON_ROW_NORM=0 NUM_LAYERS=9 MLP_MULT=2 XSA_LAYERS=0 ROPE_DIMS=0 LN_SCALE=0
+  SMEAR_GATE=0 EMA_HORIZON_FRAC=0"  # the seed's model and optimizer
 STACK="NUM_LAYERS=11 MLP_MULT=3 XSA_LAYERS=11 ROPE_DIMS=16 LN_SCALE=1 EMA_HORIZON_FRAC=0.067 SMEAR_GATE=1"
 bench() {  # tree label config backend
   local extra; extra=$(case $3 in seed) echo "$SEED_STEP";; stack) echo "$STACK";; esac)
