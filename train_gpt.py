@@ -127,11 +127,11 @@ class Hyperparameters:
     grad_clip_norm = 0.0  # 0: off
     muon_weight_decay = 0.04  # decoupled: each Muon matrix shrinks by lr * this per step (the seed: 0)
     muon_row_norm = True  # MuonEq-R: each row of the momentum update at unit norm before Newton-Schulz (seed: 0)
-    ema_horizon_frac = 0.067  # > 0: export an EMA of the weights, its horizon this fraction of the budget (records 0.067)
+    ema_horizon_frac = 0.067  # > 0: export an EMA of the weights, its horizon this fraction of the budget (the seed: 0)
 
     # Export.
     quant_bits = 6  # block matrices: 8 = the seed's int8 (quantile clip); 5-7: per-row std clip (SD-clip)
-    quant_clip_sigmas = 12.85  # for QUANT_BITS < 8: row clip = this many standard deviations of the row
+    quant_clip_sigmas = 11.0  # for QUANT_BITS < 8: row clip = this many standard deviations of the row (records: 12.85)
     embed_bits = 8  # the tied embedding (also the output head): 8 = int8 by quantile clip (the seed); 5-7: SD-clip
     embed_clip_sigmas = 14.0  # for EMBED_BITS < 8 (the records' int7 embedding: 14-15)
     compressor = "rans"  # rans: the intN values entropy-coded, the rest lzma (smallest); lzma (xz); zlib (the seed)
@@ -1372,7 +1372,8 @@ def export(run: Run, base_model: GPT, code_bytes: int, paths: dict[str, Path],
 
 def log_submission_size(run: Run, label: str, total: int) -> None:
     run.log(f"Total submission size {label}: {total} bytes")
-    margin, over = ARTIFACT_LIMIT_BYTES - total, "" if total <= ARTIFACT_LIMIT_BYTES else " OVER: lower QUANT_BITS"
+    margin = ARTIFACT_LIMIT_BYTES - total  # over: the raw weights stay, so re-exporting needs no new training
+    over = "" if margin >= 0 else " OVER: re-export them by tools/requantize.py at a higher QUANT_CLIP_SIGMAS"
     run.log(f"artifact_limit:{ARTIFACT_LIMIT_BYTES} margin:{margin} bytes{over}")
 
 

@@ -25,7 +25,7 @@ VOCAB_SIZE = 512
 # What the tokenizer and the byte counts must cope with: digits, byte-fallback characters (emoji,
 # CJK), accents, punctuation, runs of spaces, leading spaces and line breaks.
 SPECIAL_WORDS = ["😀", "数据集", "naïve", "café", "Ωmega", "—", "“quoted”", "3.14159", "x²", "🚀🚀"]
-# A model that trains end to end in about 10 s on two idle CPU cores (40 steps of 0.17 s, then the
+# A model that trains end to end in about 15 s on two idle CPU cores (40 steps of 0.25 s, then the
 # export and the score), at the defaults' schedules (budget fractions of ITERATIONS) and learning
 # rates. COMPILE=0: compiling would take longer than training; WARMUP_STEPS only primes compiled kernels.
 TRAIN_SETTINGS = dict(COMPILE="0", NUM_LAYERS="2", MODEL_DIM="128", NUM_HEADS="4", NUM_KV_HEADS="2",
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         build.main([str(corpus), "--out", str(args.out), "--train-tokenizer", str(args.tokenizer), "--vocab-size",
                     str(VOCAB_SIZE), "--val-docs", str(args.val_docs), "--shard-tokens", "100000", "--quiet",
                     *(["--overwrite"] if args.overwrite else [])])
-    print("train on it (about 10 s on two idle CPU cores):")
+    print("train on it (about 15 s on two idle CPU cores):")
     print(train_command(args.out, Path(f"{args.tokenizer}.model")))
 
 

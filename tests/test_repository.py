@@ -39,5 +39,5 @@ def test_readme_tiny_example_is_the_command_that_data_tiny_prints(monkeypatch):
     import tiny
     monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
     printed = tiny.train_command(Path("data/datasets/tiny_sp512"), Path("data/tokenizers/tiny_512.model"))
-    assert readme_block("tiny-cpu-example") == f"python3 data/tiny.py && {printed}"
+    assert readme_block("tiny-cpu-example") == f"python3 data/tiny.py --overwrite && {printed}"
     assert "TTT_EPOCHS=0" in printed and "..." not in printed

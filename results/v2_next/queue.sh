@@ -19,6 +19,7 @@
 #   rANS margin could buy: about +0.3 and +0.7 MB by log2 of the clip ratio over 26 M values). train_gpt.py stays
 #   as part 4 ran it (sha256 6f0930cd8142): if the defaults stay, parts 4-5's defaults runs are 10-minute runs of
 #   the committed script at seeds 1337 and 1338 (issue "The record folder" needs its logs to embed that script).
+#   Part 5 ran in session 14 (results/v2_part5/): a tie over both seeds, so the stack became the default, at 11 sigma.
 #   Part 14 (after part 5, on whichever defaults it leaves): the records' later warmdown, 0.72 of the budget
 #   against our 0.357 (TECHNIQUES.md: 0.667 in 04-05, 0.72-0.85 since; an always-decaying LR cut the post-export
 #   penalty from 0.014 to 0.005 in 03-19, and the stack's int6 export costs it 0.0089 here), P600v2 seed 1337.
