@@ -23,7 +23,11 @@
 #   Part 14 (after part 5, on whichever defaults it leaves): the records' later warmdown, 0.72 of the budget
 #   against our 0.357 (TECHNIQUES.md: 0.667 in 04-05, 0.72-0.85 since; an always-decaying LR cut the post-export
 #   penalty from 0.014 to 0.005 in 03-19, and the stack's int6 export costs it 0.0089 here), P600v2 seed 1337.
-#   Parts 9-10: the same with the small stack (the records' switches that cost no size: XSA, partial RoPE, LN
+#   Part 15 (session 15, then results/speed_v3/queue.sh in the same stretch): today's defaults (the stack, int6 at
+#   11 sigma) alone at P600v2 seed 1337, FA4 staged (the challenge's image has FA3): the 11-sigma artifact end to
+#   end, FA4's step in a real run of the stack, and, if train_gpt.py does not change after it, the record
+#   folder's train.log (issue "The record folder").
+#   Parts 9-10: parts 4-5 with the small stack (the records' switches that cost no size: XSA, partial RoPE, LN
 #   scale, EMA, SmearGate on the defaults' 9 layers and int7 export).
 # Part 7 (a cheaper road to parts 4-5, ~12 min): the whole records' stack at once (11 layers, MLP 3x, XSA on all,
 #   partial RoPE + LN scale, EMA, SmearGate, int6 by GPTQ) against the defaults at P180v2, and at P60v2 for its
@@ -55,7 +59,7 @@
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-14)}
+PART=${1:?usage: queue.sh PART (1-15)}
 [ -d /tmp/fa4 ] && export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # as pip's .pth would
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
@@ -98,6 +102,7 @@ case $PART in
    HOLDOUT=0 SWEEP="6:12.85 6:12.85:8:14:lzma 6:14 6:12.85:7:12 6:12.85:7:14 6:12.85:7:17 7:12.85 7:12.85:7:14" \
      bash tools/proxy.sh 180 stack 1337 "$STACK_ALL GPTQ_RESERVE_SECONDS=3 COMPRESSOR=lzma" ;;
 14) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" warmdown72 1337 "WARMDOWN_FRAC=0.72" ;;
+15) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
