@@ -12,6 +12,9 @@
 # command that stages the corpus's last part:
 #   (setsid nohup bash -c 'bash results/v2_next/queue.sh 15; bash results/speed_v3/queue.sh;
 #     touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
+# and each wait command also copies part 15's artifact to $OUT on its own (15.7 MB: too large to share the tarball's
+# 16 MiB), for lossless-coding work on real int6 values on the CPU:
+#   cp /tmp/repo/artifacts/def_p600_s1337_model.int6.ptz $OUT/ 2>/dev/null
 # Writes /tmp/q/console.txt and one bench_<config>_<variant>.txt per run, then touches /tmp/q/done.
 set -u; export PYTHONUNBUFFERED=1
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
