@@ -17,7 +17,7 @@
 #   cp /tmp/repo/artifacts/def_p600_s1337_model.int6.ptz $OUT/ 2>/dev/null
 # Writes /tmp/q/console.txt and one bench_<config>_<variant>.txt per run, then touches /tmp/q/done.
 set -u; export PYTHONUNBUFFERED=1
-Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
+Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo_speed; cp -r . /tmp/repo_speed; cd /tmp/repo_speed  # part 15 keeps /tmp/repo
 exec >> $Q/console.txt 2>&1
 echo "== speed v3 queue start $(date -u +%T) $(nvidia-smi --query-gpu=name --format=csv,noheader) train_gpt.py sha256 $(sha256sum train_gpt.py | cut -c1-12)"
 export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # FA4 as pip's .pth would put it
