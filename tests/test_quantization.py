@@ -386,3 +386,13 @@ def test_export_names_follow_the_settings():
     assert train_gpt.export_label(train_gpt.Hyperparameters({})) == "int6+rans"
     assert train_gpt.run_paths("r", 8)["artifact"] == Path("artifacts") / "r_model.int8.ptz"
     assert train_gpt.run_paths("r", 6)["artifact"] == Path("artifacts") / "r_model.int6.ptz"
+
+
+@pytest.mark.parametrize("total, tail", [(16_000_000, "margin:0 bytes"), (16_000_001, "margin:-1 bytes OVER: re-export")])
+def test_the_size_line_says_over_and_the_fix_only_past_the_limit(total, tail):
+    lines = []
+    run = type("Run", (), {"log": staticmethod(lines.append)})()
+    train_gpt.log_submission_size(run, "int6+rans", total)
+    assert lines[0] == f"Total submission size int6+rans: {total} bytes"
+    assert lines[1].startswith(f"artifact_limit:16000000 {tail}")
+    assert ("tools/requantize.py" in lines[1]) == (total > 16_000_000)

@@ -1,6 +1,6 @@
 """Re-export a run's trained weights with other export settings, without training again.
 
-    QUANT_BITS=6 QUANT_CLIP_SIGMAS=6 COMPRESSOR=lzma python3 tools/requantize.py \\
+    QUANT_GPTQ=0 QUANT_BITS=6 QUANT_CLIP_SIGMAS=6 COMPRESSOR=lzma python3 tools/requantize.py \\
         artifacts/RUN_model.pt artifacts/RUN_q6s6_model.int6.ptz
     EVAL_ARTIFACT=artifacts/RUN_q6s6_model.int6.ptz EVAL_STRIDE=0 TTT_EPOCHS=0 RUN_ID=RUN_q6s6 \\
         torchrun --standalone --nproc_per_node=1 train_gpt.py      # its score, as the run's roundtrip_without_sliding
@@ -11,14 +11,14 @@ EMBED_CLIP_SIGMAS and COMPRESSOR, writes the artifact (never over an existing fi
 
     requantize: int6+lzma clip_sigmas:6.0 gptq:False embed_bits:8 embed_clip_sigmas:14.0 model_bytes:11234567 ...
 
-With QUANT_GPTQ=1 the rows are rounded by GPTQ, so that GPTQ and plain rounding compare on the same
-weights. Its Hessians come from the model rebuilt from the environment (the shape settings, VOCAB_SIZE,
-NUM_LAYERS, MODEL_DIM, ..., must be the run's) on GPTQ_CALIB_BATCHES training batches of DATA_PATH
-from its first shard (a run calibrates on the batches after its training, so its own GPTQ artifact
-may differ slightly), on the GPU if there is one:
+With QUANT_GPTQ=1 (the default, as in train_gpt.py; 0: rounding to nearest) the rows are rounded by GPTQ.
+Its Hessians come from the model rebuilt from the environment (the shape settings, VOCAB_SIZE, NUM_LAYERS,
+MODEL_DIM, ..., must be the run's) on GPTQ_CALIB_BATCHES training batches of DATA_PATH from its first shard
+(a run calibrates on the batches after its training, so its own GPTQ artifact may differ slightly), on the GPU
+if there is one. A run's artifact over the limit, again at a coarser clip:
 
-    QUANT_GPTQ=1 QUANT_BITS=6 DATA_PATH=./data/datasets/fineweb10B_sp8192 python3 tools/requantize.py \\
-        artifacts/RUN_model.pt artifacts/RUN_gptq6_model.int6.ptz
+    QUANT_CLIP_SIGMAS=12 DATA_PATH=./data/datasets/fineweb10B_sp8192 python3 tools/requantize.py \\
+        artifacts/RUN_model.pt artifacts/RUN_s12_model.int6.ptz
 
 The score of an export is what train_gpt.py prints for it under EVAL_ARTIFACT. The process is set up as
 train_gpt.py sets up one (setup_run: the settings checked, GPU 0 if there is one, TF32 matmuls, the attention
