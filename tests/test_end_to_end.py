@@ -225,6 +225,32 @@ def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_match_one_process_with_the_defaults_model_and_export(dataset, tokenizer_path, tmp_path):
+    """What a record run uses and the seed's model does not: XSA, partial RoPE, LN scale, SmearGate, the EMA, and
+    the int6 export rounded by GPTQ, whose Hessians each rank sums over its share of the calibration batches."""
+    stack = ("MLP_MULT", "XSA_LAYERS", "ROPE_DIMS", "LN_SCALE", "SMEAR_GATE", "EMA_HORIZON_FRAC", "QUANT_BITS",
+             "QUANT_CLIP_SIGMAS", "QUANT_GPTQ", "COMPRESSOR")
+    env = {k: v for k, v in tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1",
+                                     OMP_NUM_THREADS="1").items() if k not in stack}  # these at their defaults
+    one = run_train(tmp_path, dict(env, RUN_ID="one"))
+    two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    logs = [(tmp_path / "logs" / f"{r}.txt").read_text() for r in ("one", "two")]
+    for log in logs:
+        assert " xsa_layers=11 " in log and " smear_gate=True " in log and " quant_gptq=True " in log
+        assert "\nema:applied horizon_frac:0.067\n" in log and "\ngptq_calibration batches:4 " in log
+    a, b = (train_losses(log) for log in logs)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4] and a[1] == b[1]
+    for step in a:  # the same math up to bf16 summation order
+        assert abs(a[step] - b[step]) < 5e-3, (step, a[step], b[step])
+    exact = r"^final_int6_rans_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)$"
+    bpb_one, bpb_two = (float(re.findall(exact, log, re.M)[0]) for log in logs)
+    assert abs(bpb_one - bpb_two) < 5e-3
+    sizes = [(tmp_path / "artifacts" / f"{r}_model.int6.ptz").stat().st_size for r in ("one", "two")]
+    assert abs(sizes[0] - sizes[1]) < 0.01 * sizes[0], sizes
+
+
+@pytest.mark.slow
 def test_two_capped_processes_agree_when_to_loop_and_when_to_stop(dataset, tokenizer_path, tmp_path):
     """Under a wallclock cap each rank reads its own clock; one all-reduce per step makes them switch
     the recurrence on, and stop, at the same step (a rank that ran on alone would hang the other)."""
