@@ -32,7 +32,7 @@ bench() {  # config variant [env...]
     > $Q/bench_${cfg}_$name.txt 2>&1; grep -E "^benchmark:" $Q/bench_${cfg}_$name.txt || tail -5 $Q/bench_${cfg}_$name.txt
 }
 # Cheapest first (coordinate descent tunes every kernel while compiling: the longest compile, so the last).
-for cfg in seed defaults; do bench $cfg plain; bench $cfg cudagraphs TORCHINDUCTOR_CUDAGRAPHS=1; done
+for cfg in seed defaults; do bench $cfg plain; bench $cfg cudagraphs TORCHINDUCTOR_CUDAGRAPHS=1 TORCH_LOGS=perf_hints; done  # says if it skips
 bench defaults profile BENCH_PROFILE=/tmp/trace_defaults.json  # the table of top kernels lands in the file
 for cfg in seed defaults; do bench $cfg coord TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1; done
 echo "== queue done $(date -u +%T)"; touch $Q/done
