@@ -8,10 +8,14 @@
 # Each is benchmarked (tools/benchmark.py, FA4, 30 timed steps) against the plain compile at the seed's
 # configuration and at today's defaults, then the defaults' step is profiled (top CUDA kernels, 3 steps).
 # Needs FA4 unpacked in /tmp/fa4 (two carries: results/speed_attention_probe/README.md). Session 15 starts it after
-# part 15 of results/v2_next/queue.sh (the defaults at P600v2 on FA4: a fixed 13 minutes, so first), in the
+# part 15 of results/v2_next/queue.sh (the defaults at P600v2 on cuDNN: a fixed 13 minutes, so first), in the
 # command that stages the corpus's last part:
 #   (setsid nohup bash -c 'bash results/v2_next/queue.sh 15; bash results/speed_v3/queue.sh;
 #     touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
+# FA4 reaches the machine in the first two wait commands, while part 15 trains on cuDNN (carry .bench/fa4a:
+#   mkdir -p /tmp/fa4w && cp .bench/fa4a/* /tmp/fa4w/ ; carry .bench/fa4b: R=$PWD; (cd /tmp/fa4w && cp $R/.bench/fa4b/* .
+#   && cat cu13part.aa cu13part.ab > libs_cu13.whl && rm cu13part.* && mkdir -p /tmp/fa4 && for w in *.whl; do
+#   python3 -m zipfile -e $w /tmp/fa4; done)),
 # and each wait command also copies part 15's artifact to $OUT on its own (15.7 MB: too large to share the tarball's
 # 16 MiB), for lossless-coding work on real int6 values on the CPU:
 #   cp /tmp/repo/artifacts/def_p600_s1337_model.int6.ptz $OUT/ 2>/dev/null
