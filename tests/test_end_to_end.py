@@ -226,8 +226,9 @@ def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_defaults_model_and_export(dataset, tokenizer_path, tmp_path):
-    """What a record run uses and the seed's model does not: XSA, partial RoPE, LN scale, SmearGate, the EMA, and
-    the int6 export rounded by GPTQ, whose Hessians each rank sums over its share of the calibration batches."""
+    """What a record run uses and the seed's model does not (XSA, partial RoPE, LN scale, SmearGate, the EMA, int6 by
+    GPTQ, rANS) runs under torchrun and agrees with one process. End to end it cannot tell whether GPTQ saw every
+    rank's calibration tokens (half of them round alike): test_quantization.py's two-rank test checks that."""
     stack = ("MLP_MULT", "XSA_LAYERS", "ROPE_DIMS", "LN_SCALE", "SMEAR_GATE", "EMA_HORIZON_FRAC", "QUANT_BITS",
              "QUANT_CLIP_SIGMAS", "QUANT_GPTQ", "COMPRESSOR")
     env = {k: v for k, v in tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1",
@@ -236,6 +237,7 @@ def test_two_processes_match_one_process_with_the_defaults_model_and_export(data
     two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     logs = [(tmp_path / "logs" / f"{r}.txt").read_text() for r in ("one", "two")]
+    assert [parse(log)["world"] for log in logs] == [[("1", "8")], [("2", "4")]]
     for log in logs:
         assert " xsa_layers=11 " in log and " smear_gate=True " in log and " quant_gptq=True " in log
         assert "\nema:applied horizon_frac:0.067\n" in log and "\ngptq_calibration batches:4 " in log

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import train_gpt
-from conftest import SEED_MODEL, quantize
+from conftest import SEED_MODEL, leave_gloo, quantize
 
 
 def test_quantize_round_trip_exactness_error_bound_and_sizes():
@@ -287,6 +288,40 @@ def test_hessians_sum_every_linear_input_over_the_calibration_batches():
     torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], inputs.T @ inputs, rtol=0.02, atol=0.5)
     assert torch.equal(hessians["blocks.0.attn.c_q.weight"], hessians["blocks.0.attn.c_v.weight"])
     assert hessians["blocks.0.mlp.proj.weight"].shape == (128, 128) and hessians["blocks.0.mlp.proj.weight"].dtype == torch.float32
+
+
+CALIBRATION_ARGS = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
+                        TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512", GPTQ_CALIB_BATCHES="3")  # the defaults' model
+
+
+def calibration_batches() -> list[torch.Tensor]:
+    """Six micro-batches: one process reads them all (2 per batch); rank r of two reads r, r + 2, r + 4."""
+    return [torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(i)) for i in range(6)]
+
+
+def hessians_on_two_ranks(rank: int, world_size: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world_size)
+    args = train_gpt.Hyperparameters(CALIBRATION_ARGS)
+    model = train_gpt.build_model(args, torch.device("cpu"))
+    loader = RecordingLoader(calibration_batches()[rank::world_size])
+    torch.save(train_gpt.collect_hessians(model, loader, args, grad_accum_steps=1), f"{out_dir}/rank{rank}.pt")
+    leave_gloo()
+
+
+@pytest.mark.slow
+def test_ranks_calibrate_on_their_share_and_all_end_with_the_whole_hessians(tmp_path):
+    """Under torchrun each rank feeds its own micro-batches; after the all-reduce every rank holds what one
+    process reading all of them sums, so GPTQ on rank 0 sees every calibration token."""
+    args = train_gpt.Hyperparameters(CALIBRATION_ARGS)
+    whole = train_gpt.collect_hessians(train_gpt.build_model(args, torch.device("cpu")),
+                                       RecordingLoader(calibration_batches()), args, grad_accum_steps=2)
+    torch.multiprocessing.spawn(hessians_on_two_ranks, args=(2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert set(ranks[0]) == set(ranks[1]) == set(whole) and len(whole) == 2 * 6
+    for name, h in whole.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        torch.testing.assert_close(ranks[0][name], h, rtol=1e-5, atol=1e-3, msg=name)
 
 
 def test_every_compressor_loads_alike_and_says_how_it_was_made(tmp_path):
