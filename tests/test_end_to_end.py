@@ -207,21 +207,29 @@ def test_every_switch_beyond_the_seed_trains_and_rescores(dataset, tokenizer_pat
     assert parse(unlooped.stdout)["exact"] != lines["exact"]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
-    env = tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1", OMP_NUM_THREADS="1")
+def two_processes_match_one(tmp_path, env: dict[str, str], label: str) -> list[str]:
+    """Runs env in one process (RUN_ID=one) and under torchrun in two (two), checks that they compute the same
+    math up to bf16 summation order and score alike by the export LABEL's exact line; returns both logs."""
     one = run_train(tmp_path, dict(env, RUN_ID="one"))
     two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
-    log_two = (tmp_path / "logs" / "two.txt").read_text()
-    assert parse(log_two)["world"] == [("2", "4")]
-    a, b = train_losses(one.stdout), train_losses(log_two)
+    logs = [(tmp_path / "logs" / f"{r}.txt").read_text() for r in ("one", "two")]
+    assert [parse(log)["world"] for log in logs] == [[("1", "8")], [("2", "4")]]
+    a, b = (train_losses(log) for log in logs)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert a[1] == b[1], "same weights, same first global batch"
     for step in a:  # the same math up to bf16 summation order
         assert abs(a[step] - b[step]) < 5e-3, (step, a[step], b[step])
-    bpb_one, bpb_two = (float(parse(t)["exact"][0][1]) for t in (one.stdout, log_two))
+    exact = rf"^final_{label}_roundtrip_exact val_loss:\d+\.\d{{8}} val_bpb:(\d+\.\d{{8}})$"
+    bpb_one, bpb_two = (float(re.findall(exact, log, re.M)[0]) for log in logs)
     assert abs(bpb_one - bpb_two) < 5e-3
+    return logs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(dataset, tokenizer_path, tmp_path):
+    two_processes_match_one(tmp_path, tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1",
+                                               OMP_NUM_THREADS="1"), "int8_zlib")
 
 
 @pytest.mark.slow
@@ -233,21 +241,9 @@ def test_two_processes_match_one_process_with_the_defaults_model_and_export(data
              "QUANT_CLIP_SIGMAS", "QUANT_GPTQ", "COMPRESSOR")
     env = {k: v for k, v in tiny_env(dataset, tokenizer_path, ITERATIONS="4", WARMUP_STEPS="1",
                                      OMP_NUM_THREADS="1").items() if k not in stack}  # these at their defaults
-    one = run_train(tmp_path, dict(env, RUN_ID="one"))
-    two = run_train(tmp_path, dict(env, RUN_ID="two"), nproc=2)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
-    logs = [(tmp_path / "logs" / f"{r}.txt").read_text() for r in ("one", "two")]
-    assert [parse(log)["world"] for log in logs] == [[("1", "8")], [("2", "4")]]
-    for log in logs:
+    for log in two_processes_match_one(tmp_path, env, "int6_rans"):
         assert " xsa_layers=11 " in log and " smear_gate=True " in log and " quant_gptq=True " in log
         assert "\nema:applied horizon_frac:0.067\n" in log and "\ngptq_calibration batches:4 " in log
-    a, b = (train_losses(log) for log in logs)
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4] and a[1] == b[1]
-    for step in a:  # the same math up to bf16 summation order
-        assert abs(a[step] - b[step]) < 5e-3, (step, a[step], b[step])
-    exact = r"^final_int6_rans_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)$"
-    bpb_one, bpb_two = (float(re.findall(exact, log, re.M)[0]) for log in logs)
-    assert abs(bpb_one - bpb_two) < 5e-3
     sizes = [(tmp_path / "artifacts" / f"{r}_model.int6.ptz").stat().st_size for r in ("one", "two")]
     assert abs(sizes[0] - sizes[1]) < 0.01 * sizes[0], sizes
 

@@ -271,10 +271,12 @@ class RecordingLoader:
         return x, x
 
 
+CALIBRATION_ARGS = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
+                        TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512", GPTQ_CALIB_BATCHES="3")  # alone: the defaults' switches
+
+
 def test_hessians_sum_every_linear_input_over_the_calibration_batches():
-    args = train_gpt.Hyperparameters(dict(SEED_MODEL, VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4",
-                                          NUM_KV_HEADS="2", TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512",
-                                          GPTQ_CALIB_BATCHES="3", TIE_EMBEDDINGS="0"))
+    args = train_gpt.Hyperparameters(dict(SEED_MODEL, **CALIBRATION_ARGS, TIE_EMBEDDINGS="0"))
     model = train_gpt.build_model(args, torch.device("cpu"))
     batches = [torch.randint(0, 512, (1, 32)) for _ in range(3 * 2)]
     loader = RecordingLoader(batches)
@@ -288,10 +290,6 @@ def test_hessians_sum_every_linear_input_over_the_calibration_batches():
     torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], inputs.T @ inputs, rtol=0.02, atol=0.5)
     assert torch.equal(hessians["blocks.0.attn.c_q.weight"], hessians["blocks.0.attn.c_v.weight"])
     assert hessians["blocks.0.mlp.proj.weight"].shape == (128, 128) and hessians["blocks.0.mlp.proj.weight"].dtype == torch.float32
-
-
-CALIBRATION_ARGS = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
-                        TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512", GPTQ_CALIB_BATCHES="3")  # the defaults' model
 
 
 def calibration_batches() -> list[torch.Tensor]:
