@@ -271,8 +271,9 @@ class RecordingLoader:
         return x, x
 
 
+# The Hessian tests' shapes; alone they keep the defaults' switches.
 CALIBRATION_ARGS = dict(VOCAB_SIZE="512", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
-                        TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512", GPTQ_CALIB_BATCHES="3")  # alone: the defaults' switches
+                        TRAIN_SEQ_LEN="32", TRAIN_BATCH_TOKENS="512", GPTQ_CALIB_BATCHES="3")
 
 
 def test_hessians_sum_every_linear_input_over_the_calibration_batches():
