@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import statistics
+import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, readme_block
+
+sys.path.insert(0, str(ROOT / "tools"))
+import records  # noqa: E402
+
+RECORD_LOGS = {"train.log": 1337, "train_seed1338.log": 1338, "train_seed1339.log": 1339}  # the seed record's names
 
 
 def test_ci_runs_the_readme_test_command():
@@ -41,3 +51,35 @@ def test_readme_tiny_example_is_the_command_that_data_tiny_prints(monkeypatch):
     printed = tiny.train_command(Path("data/datasets/tiny_sp512"), Path("data/tokenizers/tiny_512.model"))
     assert readme_block("tiny-cpu-example") == f"python3 data/tiny.py --overwrite && {printed}"
     assert "TTT_EPOCHS=0" in printed and "..." not in printed
+
+
+def record_logs() -> dict[str, int]:
+    """The record folder's logs that have landed (README "This record": one device session gives one or two)."""
+    return {name: seed for name, seed in RECORD_LOGS.items() if (ROOT / name).is_file()}
+
+
+def test_record_logs_are_finished_ten_minute_runs_of_the_committed_script():
+    """Each log begins with the source it ran: a change to train_gpt.py means running the logs again."""
+    logs = record_logs()
+    assert "train.log" in logs
+    source = (ROOT / "train_gpt.py").read_text(encoding="utf-8")
+    for name, seed in logs.items():
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert text.startswith(source + "\n" + "=" * 100 + "\n"), f"{name} ran another train_gpt.py: run it again"
+        run = records.parse_log(ROOT / name)
+        assert (run.state, run.seed, run.world_size) == ("complete", seed, 1), name
+        assert " max_wallclock_seconds=600.0 " in text and " val_loss_every=0 " in text, name
+        assert run.roundtrip_val_bpb is not None and run.artifact_bytes <= 16_000_000, name
+
+
+def test_submission_json_is_what_records_py_makes_of_the_three_logs():
+    path = ROOT / "submission.json"
+    if not path.exists():
+        assert len(record_logs()) < 3, "three logs and no submission.json: write it (README, 'This record')"
+        pytest.skip("submission.json comes with the third log")
+    record = json.loads(path.read_text())
+    runs = [records.parse_log(ROOT / name) for name in RECORD_LOGS]
+    assert record["val_bpb"] == round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8)
+    assert record["val_loss"] == round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8)
+    assert record["bytes_total"] == max(r.artifact_bytes for r in runs) <= 16_000_000
+    assert record["bytes_code"] == len((ROOT / "train_gpt.py").read_bytes())

@@ -20,6 +20,7 @@
 # 16 MiB), for lossless-coding work on real int6 values on the CPU:
 #   cp /tmp/repo/artifacts/def_p600_s1337_model.int6.ptz $OUT/ 2>/dev/null
 # Writes /tmp/q/console.txt and one bench_<config>_<variant>.txt per run, then touches /tmp/q/done.
+# Ran in session 15 (README.md here): plain and profile ran; CUDA graphs failed; the coordinate-descent runs were cut.
 set -u; export PYTHONUNBUFFERED=1
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo_speed; cp -r . /tmp/repo_speed; cd /tmp/repo_speed  # part 15 keeps /tmp/repo
 exec >> $Q/console.txt 2>&1

@@ -28,6 +28,7 @@
 #   Part 15 (session 15, then results/speed_v3/queue.sh in the same stretch): today's defaults alone at P600v2
 #   seed 1337 on cuDNN (FA4 is staged while it runs, for the speed queue after it): the 11-sigma artifact end to
 #   end and, if train_gpt.py does not change after it, the record folder's train.log (issue "The record folder").
+#   Ran in session 15 (results/v2_part15/): 1.27289383, 15,655,064 bytes; its log is the root's train.log.
 #   Parts 16-17 (seeds 1338, 1339; one a session): the late records' hyperparameters as one bundle against the
 #   defaults, paired, on cuDNN like part 15, so that each session also gives the record folder one seed's log
 #   (the defaults' run) if the bundle does not win: QK gain 5 (#27-#30), Muon momentum 0.97 (#33), warmdown over
