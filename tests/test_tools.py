@@ -6,6 +6,7 @@ import io
 import json
 import lzma
 import math
+import os
 import re
 import subprocess
 import sys
@@ -199,6 +200,38 @@ def test_submission_json_in_the_seed_shape(tmp_path, capsys):
                             "bytes_code"]
     assert record["val_bpb"] == pytest.approx(1.20) and record["bytes_total"] == 15_900_000
     assert record["val_loss"] == pytest.approx(1.20 * math.log(2) / TPB, abs=1e-7) and record["bytes_code"] == 50_000
+
+
+def test_record_folder_writes_submission_json_from_three_logs_of_its_script(tmp_path):
+    """tools/record_folder.sh: checks the logs (seed, finished, the folder's train_gpt.py), writes submission.json
+    with the hardware, PyTorch and data in its name and blurb, then runs the t-test against the seed environment."""
+    source = "print('a record script')\n"
+    (tmp_path / "train_gpt.py").write_text(source)
+    for name, seed, bpb in (("train.log", 1337, 1.19), ("train_seed1338.log", 1338, 1.20),
+                            ("train_seed1339.log", 1339, 1.21)):
+        write_log(tmp_path / name, seed, bpb * math.log(2) / TPB, bpb)
+        log = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(source + "\n" + "=" * 100 + "\nRunning PyTorch 2.11.0+cu130\n" + log)
+    write_log(tmp_path / "seed_env.txt", 1337, 1.35 * math.log(2) / TPB, 1.35)
+    env = {**os.environ, "SEED_LOG": str(tmp_path / "seed_env.txt"), "AUTHOR": "A", "GITHUB_ID": "a"}
+
+    def record_folder():
+        return subprocess.run(["bash", str(ROOT / "tools" / "record_folder.sh"), str(tmp_path)], env=env,
+                              capture_output=True, text=True)
+
+    done = record_folder()
+    assert done.returncode == 0 and "-> PASS" in done.stdout, done.stdout + done.stderr
+    record = json.loads((tmp_path / "submission.json").read_text())
+    assert (record["author"], record["github_id"], record["val_bpb"]) == ("A", "a", pytest.approx(1.20))
+    assert record["name"].endswith("on 8x NVIDIA H100 80GB HBM3") and record["bytes_total"] == 15_900_000
+    assert "PyTorch 2.11.0+cu130" in record["blurb"] and "not FineWeb" in record["blurb"]  # data_path=x
+    (tmp_path / "train_gpt.py").write_text(source + "# changed\n")
+    done = record_folder()
+    assert done.returncode == 2 and done.stderr.strip().endswith("run it again"), done.stderr
+    (tmp_path / "train_gpt.py").write_text(source)
+    (tmp_path / "train_seed1339.log").unlink()
+    done = record_folder()
+    assert done.returncode == 2 and done.stderr.startswith("error: no ") and "train_seed1339.log" in done.stderr
 
 
 def test_logs_of_any_export_parse_alike(tmp_path):

@@ -1,0 +1,43 @@
+#!/bin/bash
+# The record folder's submission.json from its three logs, then the challenge's t-test against the seed
+# environment's score on the same data (README "This record"). From the repository root:
+#   bash tools/record_folder.sh [DIR]     DIR: the folder of train_gpt.py and the logs, where submission.json goes (.)
+# AUTHOR and GITHUB_ID default to the last commit's author name and e-mail user; SEED_LOG to the seed environment's
+# P600v2 run (results/v2_part8/). Name and blurb come from the logs' own lines: GPU, PyTorch, data. Exit status:
+# 2 for logs that are missing, unfinished, of the wrong seed or of another train_gpt.py; else the t-test's.
+set -u
+DIR=${1:-.}; ROOT=$(cd "$(dirname "$0")/.." && pwd); TOOLS=$ROOT/tools
+LOGS=("$DIR/train.log" "$DIR/train_seed1338.log" "$DIR/train_seed1339.log")
+SEED_LOG=${SEED_LOG:-$ROOT/results/v2_part8/seed_p600_s1337.txt}
+seed_bpb=$(python3 - "$TOOLS" "$DIR" "$SEED_LOG" "${LOGS[@]}" <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1]); import records
+folder, seed_log, logs = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
+for path in [folder / "train_gpt.py", seed_log, *logs]:
+    if not Path(path).is_file():
+        sys.exit(f"error: no {path}: the three seeds' logs come first (README, 'This record')")
+source = (folder / "train_gpt.py").read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n"
+for path, seed in zip(logs, (1337, 1338, 1339)):
+    run = records.parse_log(path)
+    if (run.state, run.seed) != ("complete", seed):
+        sys.exit(f"error: {path} is a {run.state} run of seed {run.seed}, not a finished run of seed {seed}")
+    if not Path(path).read_text(encoding="utf-8").startswith(source):
+        sys.exit(f"error: {path} ran another train_gpt.py than {folder / 'train_gpt.py'}: run it again")
+print(records.parse_log(seed_log).roundtrip_val_bpb)
+PY
+) || exit 2
+AUTHOR=${AUTHOR:-$(git -C "$ROOT" log -1 --format=%an)}; GITHUB_ID=${GITHUB_ID:-$(git -C "$ROOT" log -1 --format=%ae | cut -d@ -f1)}
+field() { sed -n "s/$1/\1/p" "${LOGS[0]}" | head -1; }
+gpu=$(field '^hardware:\(.*\) count:.*$'); gpus="$(field '^hardware:.* count:\([0-9]*\)$')x ${gpu//_/ }"
+torch=$(field '^Running PyTorch \(.*\)$'); data=$(basename "$(field '^hyperparameters: data_path=\([^ ]*\) .*$')")
+case $data in
+  fineweb10B_*) where="FineWeb ($data)" ;;
+  *) where="$data (the benchmark corpus of real English documents, not FineWeb: the score does not compare with the leaderboard's)" ;;
+esac
+python3 "$TOOLS/records.py" submission --author "$AUTHOR" --github-id "$GITHUB_ID" \
+  --name "Training Opt Seq4096 v1 + the records' 11-layer int6 stack, on $gpus" \
+  --blurb "Three 600 s runs (seeds 1337, 1338, 1339) of train_gpt.py's defaults on $gpus, PyTorch $torch, data $where. sp8192, 11 layers, MLP 3x, XSA, partial RoPE, LN scale, SmearGate, EMA, MuonEq-R with weight decay; int6 GPTQ blocks and int8 embedding coded by rANS; sliding-window scoring with score-first test-time training." \
+  "${LOGS[@]}" > "$DIR/submission.json.tmp" && mv "$DIR/submission.json.tmp" "$DIR/submission.json" || exit 1
+echo "wrote $DIR/submission.json; the t-test against the seed environment's $seed_bpb ($SEED_LOG):"
+python3 "$TOOLS/records.py" ttest --record-bpb "$seed_bpb" "${LOGS[@]}"
