@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,6 +233,31 @@ def test_record_folder_writes_submission_json_from_three_logs_of_its_script(tmp_
     (tmp_path / "train_seed1339.log").unlink()
     done = record_folder()
     assert done.returncode == 2 and done.stderr.startswith("error: no ") and "train_seed1339.log" in done.stderr
+
+
+def test_artifact_entropy_prices_each_coding_of_a_real_artifact(tmp_path, capsys):
+    """tools/artifact_entropy.py on an artifact train_gpt.py's coder wrote: exact order-0 sizes, and the adaptive
+    code finds what one table per tensor misses (two unlike rows), not what is not there (rows alike)."""
+    import artifact_entropy
+    assert artifact_entropy.entropy_bits(np.array([0, 0, 1, 1, 2, 3, 4, 5])) == pytest.approx(2.5 * 8)
+    counts = torch.tensor([[3.0, 1.0]])  # Dirichlet(1, 1): 1 / C(n + 1, 1) / C(n, c) = 1/5 * 1/4
+    assert float(artifact_entropy.adaptive_bits(counts, torch.ones(1, 2))) == pytest.approx(math.log2(20))
+    rng = np.random.default_rng(0)
+    unlike = np.stack([np.zeros(4096, np.int64), rng.integers(-8, 8, 4096)])  # a constant row and a uniform one
+    alike = rng.integers(-8, 8, (64, 64))
+    quantized = {"unlike": torch.from_numpy(unlike).to(torch.int8),
+                 "blocks.0.alike.weight": torch.from_numpy(alike).to(torch.int8)}
+    blob, _ = train_gpt.serialize_artifact({"quantized": quantized}, "rans")
+    (tmp_path / "a.ptz").write_bytes(blob)
+    sizes = artifact_entropy.ideal_bytes(artifact_entropy.quantized_tensors(tmp_path / "a.ptz"))
+    n, tensor, row, column = sizes["unlike"]
+    assert n == 8192 and tensor == pytest.approx(artifact_entropy.entropy_bits(unlike) / 8)
+    assert row == pytest.approx(4096 * 4 / 8, rel=0.02)  # the uniform row's 4 bits a value; the constant one ~0
+    n, tensor, row, column = sizes["alike"]  # "blocks.0." and ".weight" dropped: a kind over all layers
+    assert n == 4096 and tensor < row and tensor < column  # learning 64 tables costs more than it finds
+    assert artifact_entropy.main([str(tmp_path / "a.ptz")]) == 0
+    assert "| all | 12,288 |" in capsys.readouterr().out
+    assert artifact_entropy.main([str(tmp_path / "missing.ptz")]) == 2
 
 
 def test_logs_of_any_export_parse_alike(tmp_path):
