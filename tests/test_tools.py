@@ -230,9 +230,15 @@ def test_record_folder_writes_submission_json_from_three_logs_of_its_script(tmp_
     done = record_folder()
     assert done.returncode == 2 and done.stderr.strip().endswith("run it again"), done.stderr
     (tmp_path / "train_gpt.py").write_text(source)
-    (tmp_path / "train_seed1339.log").unlink()
+    (tmp_path / "train_seed1339.log").write_text((tmp_path / "train_seed1338.log").read_text())  # in 1339's place
     done = record_folder()
-    assert done.returncode == 2 and done.stderr.startswith("error: no ") and "train_seed1339.log" in done.stderr
+    assert done.returncode == 2 and "is a complete run of seed 1338, not a finished run of seed 1339" in done.stderr
+    (tmp_path / "train_seed1338.log").unlink()
+    done = record_folder()
+    assert done.returncode == 2 and done.stderr.startswith("error: no ") and "train_seed1338.log" in done.stderr
+    del env["GITHUB_ID"]
+    done = record_folder()
+    assert done.returncode == 2 and done.stderr.startswith("error: set AUTHOR and GITHUB_ID")
 
 
 def test_artifact_entropy_prices_each_coding_of_a_real_artifact(tmp_path, capsys):
@@ -257,7 +263,10 @@ def test_artifact_entropy_prices_each_coding_of_a_real_artifact(tmp_path, capsys
     assert n == 4096 and tensor < row and tensor < column  # learning 64 tables costs more than it finds
     assert artifact_entropy.main([str(tmp_path / "a.ptz")]) == 0
     assert "| all | 12,288 |" in capsys.readouterr().out
-    assert artifact_entropy.main([str(tmp_path / "missing.ptz")]) == 2
+    assert artifact_entropy.main([str(tmp_path / "missing.ptz")]) == 2 and "error: usage" in capsys.readouterr().err
+    (tmp_path / "bad.ptz").write_bytes(b"not an artifact")
+    assert artifact_entropy.main([str(tmp_path / "bad.ptz")]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot read artifact ")
 
 
 def test_logs_of_any_export_parse_alike(tmp_path):

@@ -13,6 +13,7 @@ import io
 import lzma
 import re
 import sys
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def adaptive_rows_bits(m: np.ndarray) -> float:
 
 
 def quantized_tensors(path: Path) -> dict[str, np.ndarray]:
-    obj = torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), map_location="cpu")
+    """The artifact's intN values by tensor name, as train_gpt.py's loader reads them (xz or zlib, rans or not)."""
+    blob = path.read_bytes()
+    raw = lzma.decompress(blob) if blob.startswith(train_gpt.XZ_MAGIC) else zlib.decompress(blob)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
     tensors = train_gpt.rans_decode(obj["rans"]) if "rans" in obj else obj["quantized"]
     return {name: t.numpy().astype(np.int64) for name, t in tensors.items()}
 
@@ -61,7 +65,7 @@ def kind_of(name: str) -> str:
 
 
 def ideal_bytes(tensors: dict[str, np.ndarray]) -> dict[str, list[float]]:
-    """kind -> [values, per tensor, per row, per column] (bytes), each matrix coded by its own histograms."""
+    """kind -> [number of values, then bytes: per tensor, per row, per column]."""
     sizes: dict[str, list[float]] = defaultdict(lambda: [0.0] * 4)
     for name, q in tensors.items():
         m = q.reshape(q.shape[0], -1) if q.ndim > 1 else q.reshape(1, -1)
@@ -76,7 +80,17 @@ def main(argv: list[str]) -> int:
         print("error: usage: python3 tools/artifact_entropy.py ARTIFACT (a .ptz that train_gpt.py wrote)",
               file=sys.stderr)
         return 2
-    sizes = ideal_bytes(quantized_tensors(Path(argv[0])))
+    try:
+        tensors = quantized_tensors(Path(argv[0]))
+    except Exception as e:  # not xz or zlib, not a torch file, not ours: one line, as train_gpt.py says it
+        print(f"error: cannot read artifact {argv[0]} ({train_gpt.first_line(e)}); give a .ptz a run wrote",
+              file=sys.stderr)
+        return 2
+    if not tensors:
+        print(f"error: {argv[0]} has no intN tensors (an export of QUANT_BITS with every matrix kept float?)",
+              file=sys.stderr)
+        return 2
+    sizes = ideal_bytes(tensors)
     print("| kind | values | per tensor (B) | per row (B) | per column (B) |")
     print("|---|---|---|---|---|")
     for kind, (n, tensor, row, column) in [*sorted(sizes.items()), ("all", [sum(v) for v in zip(*sizes.values())])]:
