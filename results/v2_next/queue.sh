@@ -29,6 +29,11 @@
 #   seed 1337 on cuDNN (FA4 is staged while it runs, for the speed queue after it): the 11-sigma artifact end to
 #   end and, if train_gpt.py does not change after it, the record folder's train.log (issue "The record folder").
 #   Ran in session 15 (results/v2_part15/): 1.27289383, 15,655,064 bytes; its log is the root's train.log.
+#   Part 18 (session 16, before parts 16-17): the defaults at seeds 1338 and 1339, the record folder's other two
+#   logs (train_seed1338.log, train_seed1339.log; issue "The record folder", priority 2, is the top open issue, and
+#   one session completes it: part 15's single run took 793 s, two ~1,630 s with the shards' build). Parts 16-17
+#   then pair the bundle with an in-queue defaults run per seed, as before; should the bundle win, the three record
+#   logs are run again with the new defaults.
 #   Parts 16-17 (seeds 1338, 1339; one a session): the late records' hyperparameters as one bundle against the
 #   defaults, paired, on cuDNN like part 15, so that each session also gives the record folder one seed's log
 #   (the defaults' run) if the bundle does not win: QK gain 5 (#27-#30), Muon momentum 0.97 (#33), warmdown over
@@ -68,7 +73,7 @@
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-17)}
+PART=${1:?usage: queue.sh PART (1-18)}
 [ -d /tmp/fa4 ] && export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # as pip's .pth would
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
@@ -115,6 +120,7 @@ case $PART in
 15) HOLDOUT=0 bash tools/proxy.sh 600 def 1337 "" ;;
 16|17) SEED=$(( PART == 16 ? 1338 : 1339 ))
    HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" late_hp $SEED "$LATE_HP" ;;
+18) HOLDOUT=0 bash tools/proxy.sh 600 def 1338 "" def 1339 "" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
