@@ -37,13 +37,14 @@ PY
 field() { sed -n "s/$1/\1/p" "${LOGS[0]}" | head -1; }
 gpu=$(field '^hardware:\(.*\) count:.*$'); gpus="$(field '^hardware:.* count:\([0-9]*\)$')x ${gpu//_/ }"
 torch=$(field '^Running PyTorch \(.*\)$'); data=$(basename "$(field '^hyperparameters: data_path=\([^ ]*\) .*$')")
+knob() { field "^hyperparameters: .* $1=\([^ ]*\).*$"; }  # the run's setting, as its log states it
 case $data in
   fineweb10B_*) where="FineWeb ($data)" ;;
   *) where="$data (the benchmark corpus of real English documents, not FineWeb: the score does not compare with the leaderboard's)" ;;
 esac
 python3 "$TOOLS/records.py" submission --author "$AUTHOR" --github-id "$GITHUB_ID" \
   --name "Training Opt Seq4096 v1 + the records' 11-layer int6 stack, on $gpus" \
-  --blurb "Three 600 s runs (seeds 1337, 1338, 1339) of train_gpt.py's defaults on $gpus, PyTorch $torch, data $where. sp8192, 11 layers, MLP 3x, XSA, partial RoPE, LN scale, SmearGate, EMA, MuonEq-R with weight decay; int6 GPTQ blocks and int8 embedding coded by rANS; sliding-window scoring with score-first test-time training." \
+  --blurb "Three 600 s runs (seeds 1337, 1338, 1339) of train_gpt.py's defaults on $gpus, PyTorch $torch, data $where. sp$(knob vocab_size), $(knob num_layers) layers, MLP $(knob mlp_mult)x, XSA, partial RoPE, LN scale, SmearGate, EMA, MuonEq-R with weight decay; int$(knob quant_bits) GPTQ blocks and int$(knob embed_bits) embedding coded by $(knob compressor); sliding-window scoring with score-first test-time training." \
   "${LOGS[@]}" > "$DIR/submission.json.tmp" && mv "$DIR/submission.json.tmp" "$DIR/submission.json" \
   || { rm -f "$DIR/submission.json.tmp"; exit 2; }
 echo "wrote $DIR/submission.json; the t-test against the seed environment's $seed_bpb ($SEED_LOG):"
