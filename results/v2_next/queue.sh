@@ -34,6 +34,13 @@
 #   one session completes it: part 15's single run took 793 s, two ~1,630 s with the shards' build). Parts 16-17
 #   then pair the bundle with an in-queue defaults run per seed, as before; should the bundle win, the three record
 #   logs are run again with the new defaults.
+#   Parts 19-20 (seeds 1337, 1338; one a session): the records' two architecture switches that no GPU run of ours
+#   has measured with the stack, together against the defaults at P600v2, paired: depth recurrence of blocks 3-5 from
+#   35% of the budget (RECUR_LAYERS=3 RECUR_START=3 RECUR_FROM_FRAC=0.35: the top three records' "loop 3-5 x2 from
+#   35%", -0.002 to -0.003 in #24/#26; the warm-up compiles the looped graph too) and attention beside the MLP in the
+#   last 3 of 11 blocks (PARALLEL_LAYERS=3: their "parallel lanes from layer 8", about -0.0022 in #24; a tie at P180v1).
+#   The loop costs ~27% more compute a step after it starts: one GPU's 1,400 steps may not pay for it where 8 GPUs'
+#   7,800 do, so a loss here is weak evidence against it (the rule: P600v2 decides, with the records' gain beside ours).
 #   Parts 16-17 (seeds 1338, 1339; one a session): the late records' hyperparameters as one bundle against the
 #   defaults, paired, on cuDNN like part 15, so that each session also gives the record folder one seed's log
 #   (the defaults' run) if the bundle does not win: QK gain 5 (#27-#30), Muon momentum 0.97 (#33), warmdown over
@@ -73,7 +80,7 @@
 #       bash results/v2_next/queue.sh 13; touch /tmp/q/all_done' > /dev/null 2>&1 < /dev/null &)
 #   and README's tarball loop (only 8 files come back from $OUT) waits for /tmp/q/all_done instead of done.
 set -u; export PYTHONUNBUFFERED=1
-PART=${1:?usage: queue.sh PART (1-18)}
+PART=${1:?usage: queue.sh PART (1-20)}
 [ -d /tmp/fa4 ] && export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages  # as pip's .pth would
 Q=/tmp/q; mkdir -p $Q; rm -rf /tmp/repo; cp -r . /tmp/repo; cd /tmp/repo
 exec >> $Q/console.txt 2>&1
@@ -121,6 +128,8 @@ case $PART in
 16|17) SEED=$(( PART == 16 ? 1338 : 1339 ))
    HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" late_hp $SEED "$LATE_HP" ;;
 18) HOLDOUT=0 bash tools/proxy.sh 600 def 1338 "" def 1339 "" ;;
+19|20) SEED=$(( PART == 19 ? 1337 : 1338 ))
+   HOLDOUT=0 bash tools/proxy.sh 600 def $SEED "" loop_par $SEED "RECUR_LAYERS=3 RECUR_START=3 RECUR_FROM_FRAC=0.35 PARALLEL_LAYERS=3" ;;
 13) VOCAB=1024 HOLDOUT=0 bash tools/proxy.sh 180 seed_frac 1337 "$SEED_ENV WARMDOWN_FRAC=0.357 MUON_MOMENTUM_WARMUP_FRAC=0.179" ;;
 esac
 echo "== queue done $(date -u +%T)"; touch $Q/done
