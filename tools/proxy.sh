@@ -7,7 +7,7 @@
 # CAP is MAX_WALLCLOCK_SECONDS: 180 for P180v2, 600 for P600v2. Each run is RUN_ID=NAME_pCAP_sSEED with
 # VAL_LOSS_EVERY=0 and ENV on top (ENV may set VAL_LOSS_EVERY=250 for a curve).
 # CORPUS holds the 15 files of tools/corpus_v2.sha256 (checked first: an incomplete copy is refused)
-# and fineweb_${VOCAB}_bpe.model; README "The benchmark proxy on one GPU" says how it reaches the GPU machine. The shards
+# and fineweb_${VOCAB}_bpe.model; notes/device.md says how it reaches our GPU machine. The shards
 # are built once per machine: validation = the first 2,500 documents, held back = the last 2,500
 # (never trained on; each artifact is rescored on them as its run scored, TTT included; HOLDOUT=0
 # skips that), training = the rest. SWEEP re-exports each run's weights as BITS:CLIP_SIGMAS[:EMBED_BITS:
@@ -24,7 +24,7 @@ VOCAB=${VOCAB:-8192}; CORPUS=${CORPUS:-/tmp/corpus}; RES=${RESULTS:-${OUT:-/tmp/
 MANIFEST=$PWD/tools/corpus_v2.sha256; TOK=$CORPUS/fineweb_${VOCAB}_bpe.model
 bad=$(cd "$CORPUS" 2>/dev/null && sha256sum -c "$MANIFEST" 2>/dev/null | grep -vc ': OK$')
 [ "${bad:-15}" = 0 ] || {
-  echo "error: $CORPUS lacks ${bad:-all} of the 15 corpus files of tools/corpus_v2.sha256 (missing or changed): stage the corpus again (README, 'The benchmark proxy on one GPU')" >&2; exit 2; }
+  echo "error: $CORPUS lacks ${bad:-all} of the 15 corpus files of tools/corpus_v2.sha256 (missing or changed): stage the corpus again (notes/device.md)" >&2; exit 2; }
 [ -f "$TOK" ] || { echo "error: no tokenizer $TOK: copy fineweb_${VOCAB}_bpe.model from ../shared/tokenizers into the corpus folder" >&2; exit 2; }
 mkdir -p "$RES"
 DATA=/tmp/proxy_v2_sp$VOCAB; HOLD=/tmp/proxy_v2_holdout_sp$VOCAB

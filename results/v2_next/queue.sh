@@ -2,7 +2,7 @@
 # The v2 device queues, written from session 8 on (2026-12-01). One part fills one session's 30 minutes of
 # device time (about 1,700 s of runs after staging the corpus).
 # Start with: setsid nohup bash results/v2_next/queue.sh PART > /dev/null 2>&1 < /dev/null &
-# (the corpus staged in /tmp/corpus: README, "The benchmark proxy on one GPU"). It runs from a
+# (the corpus staged in /tmp/corpus: notes/device.md). It runs from a
 # private copy of the repository and writes console output and logs to /tmp/q, then touches
 # /tmp/q/done. Each part has its own defaults run: step times differ 1-2.5% between machines.
 # Part 1 (issue "Benchmark v2", item 3): MuonEq-R with weight decay 0.04 against the defaults, P180v2,
