@@ -15,8 +15,6 @@ from conftest import ROOT, readme_block
 sys.path.insert(0, str(ROOT / "tools"))
 import records  # noqa: E402
 
-RECORD_LOGS = {"train.log": 1337, "train_seed1338.log": 1338, "train_seed1339.log": 1339}  # the seed record's names
-
 
 def test_ci_runs_the_readme_test_command():
     test_command = readme_block("test-command")
@@ -55,7 +53,7 @@ def test_readme_tiny_example_is_the_command_that_data_tiny_prints(monkeypatch):
 
 def record_logs() -> dict[str, int]:
     """The record folder's logs that have landed (README "This record": one device session gives one or two)."""
-    return {name: seed for name, seed in RECORD_LOGS.items() if (ROOT / name).is_file()}
+    return {name: seed for name, seed in records.RECORD_LOGS.items() if (ROOT / name).is_file()}
 
 
 # What a record log may set apart from the defaults: where the data is, its name, no validation during training (as
@@ -72,17 +70,13 @@ def test_record_logs_are_finished_ten_minute_runs_of_the_committed_script_at_its
     source = (ROOT / "train_gpt.py").read_text(encoding="utf-8")
     defaults = {k: str(v) for k, v in train_gpt.Hyperparameters.defaults().items()}
     for name, seed in logs.items():
-        text = (ROOT / name).read_text(encoding="utf-8")
-        assert text.startswith(source + "\n" + "=" * 100 + "\n"), f"{name} ran another train_gpt.py: run it again"
-        lines = text[len(source):].splitlines()  # the run's own lines, not the source's
-        settings = dict(kv.partition("=")[::2] for kv in next(
-            line for line in lines if line.startswith("hyperparameters: ")).split(" ")[1:])
-        changed = {k for k in defaults if settings.get(k) != defaults[k]}
-        assert changed <= RECORD_RUN_SETTINGS and settings["max_wallclock_seconds"] == "600.0", (name, changed)
-        assert any(line.startswith("stopping_early: wallclock_cap ") for line in lines), name
+        assert records.record_log_problem(ROOT / name, ROOT / "train_gpt.py", seed) is None
         run = records.parse_log(ROOT / name)
-        assert (run.state, run.seed, run.world_size) == ("complete", seed, 1), name
-        assert run.roundtrip_val_bpb is not None and run.artifact_bytes <= 16_000_000, name
+        changed = {k for k in defaults if run.settings.get(k) != defaults[k]}
+        assert changed <= RECORD_RUN_SETTINGS and run.settings["max_wallclock_seconds"] == "600.0", (name, changed)
+        lines = (ROOT / name).read_text(encoding="utf-8")[len(source):].splitlines()  # the run's, not the source's
+        assert any(line.startswith("stopping_early: wallclock_cap ") for line in lines), name
+        assert run.world_size == 1 and run.artifact_bytes <= 16_000_000, name
 
 
 def test_submission_json_is_what_records_py_makes_of_the_three_logs():
@@ -92,7 +86,7 @@ def test_submission_json_is_what_records_py_makes_of_the_three_logs():
         pytest.skip("submission.json comes with the third log")
     assert len(record_logs()) == 3, "submission.json without all three logs"
     record = json.loads(path.read_text())
-    runs = [records.parse_log(ROOT / name) for name in RECORD_LOGS]
+    runs = [records.parse_log(ROOT / name) for name in records.RECORD_LOGS]
     assert record["val_bpb"] == round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8)
     assert record["val_loss"] == round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8)
     assert record["bytes_total"] == max(r.artifact_bytes for r in runs) <= 16_000_000

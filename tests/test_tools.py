@@ -204,7 +204,7 @@ def test_submission_json_in_the_seed_shape(tmp_path, capsys):
 
 
 def test_record_folder_writes_submission_json_from_three_logs_of_its_script(tmp_path):
-    """tools/record_folder.sh: checks the logs (seed, finished, the folder's train_gpt.py), writes submission.json
+    """tools/record_folder.py: checks the logs (seed, finished, the folder's train_gpt.py), writes submission.json
     with the hardware, PyTorch and data in its name and blurb, then runs the t-test against the seed environment."""
     source = "print('a record script')\n"
     (tmp_path / "train_gpt.py").write_text(source)
@@ -217,7 +217,7 @@ def test_record_folder_writes_submission_json_from_three_logs_of_its_script(tmp_
     env = {**os.environ, "SEED_LOG": str(tmp_path / "seed_env.txt"), "AUTHOR": "A", "GITHUB_ID": "a"}
 
     def record_folder():
-        return subprocess.run(["bash", str(ROOT / "tools" / "record_folder.sh"), str(tmp_path)], env=env,
+        return subprocess.run([sys.executable, str(ROOT / "tools" / "record_folder.py"), str(tmp_path)], env=env,
                               capture_output=True, text=True)
 
     done = record_folder()

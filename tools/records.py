@@ -59,6 +59,8 @@ class RunSummary:
     model_bytes: int | None = None
     code_bytes: int | None = None
     peak_alloc_mib: int | None = None
+    torch_version: str | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # the hyperparameters line: each setting as it ran
     train_curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, time_ms, loss)
     val_curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, time_ms, val_bpb)
 
@@ -77,6 +79,7 @@ PATTERNS = {
     "seed": re.compile(r"^seed:(\d+)$"),
     "world": re.compile(r"^world_size:(\d+) grad_accum_steps:\d+$"),
     "hardware": re.compile(r"^hardware:(\S+) count:(\d+)$"),
+    "torch": re.compile(r"^Running PyTorch (\S+)$"),
     "smi_gpu": re.compile(r"^\|\s+\d+\s+(NVIDIA [^|]*?)\s+(?:On|Off)\s+\|"),
     "train": re.compile(rf"^step:(\d+)/(\d+) train_loss:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
     "val": re.compile(rf"^step:(\d+)/(\d+) val_loss:{NUM} val_bpb:{NUM} train_time:{NUM}ms step_avg:{NUM}ms$"),
@@ -109,15 +112,17 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
     g = m.groups()
     s.is_log = s.is_log or name in ("hyper", "world")
     if name == "hyper":
-        knobs = dict(item.split("=", 1) for item in g[0].split() if "=" in item)
-        s.run_id = knobs.get("run_id") or s.run_id
-        s.train_batch_tokens = int(knobs["train_batch_tokens"]) if "train_batch_tokens" in knobs else None
+        s.settings = dict(item.split("=", 1) for item in g[0].split() if "=" in item)
+        s.run_id = s.settings.get("run_id") or s.run_id
+        s.train_batch_tokens = int(s.settings["train_batch_tokens"]) if "train_batch_tokens" in s.settings else None
     elif name == "seed":
         s.seed = int(g[0])
     elif name == "world":
         s.world_size = int(g[0])
     elif name == "hardware":
         s.hardware = g[0] if g[0] == "cpu" else f"{g[0]} x{g[1]}"
+    elif name == "torch":
+        s.torch_version = g[0]
     elif name == "smi_gpu":
         gpus.append(g[0].strip())
     elif name == "train":
@@ -146,6 +151,20 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
         if s.state == "truncated":
             s.state = "complete"
 
+
+
+RECORD_LOGS = {"train.log": 1337, "train_seed1338.log": 1338, "train_seed1339.log": 1339}  # a record folder's
+
+
+def record_log_problem(path: Path, script: Path, seed: int) -> str | None:
+    """Why path is not a finished run of seed SEED by script (its log begins with the source it ran), or None."""
+    run = parse_log(path)
+    if (run.state, run.seed) != ("complete", seed):
+        return f"{path} is a {run.state} run of seed {run.seed}, not a finished run of seed {seed}"
+    ran = script.read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n"  # train_gpt.py logs its source, then a rule
+    if not Path(path).read_text(encoding="utf-8").startswith(ran):
+        return f"{path} ran another train_gpt.py than {script}: run it again"
+    return None
 
 # ---- statistics -----------------------------------------------------------------------------
 
@@ -280,16 +299,22 @@ def cmd_ttest(args) -> int:
     return 0 if res.passed else 1
 
 
-def cmd_submission(args) -> int:
-    runs = complete_runs(args.logs)
+def submission_record(logs: list[Path], author: str, github_id: str, name: str, blurb: str,
+                      date: str | None = None) -> dict:
+    """submission.json's fields, as the seed record has them: the mean score over the logs, the largest artifact."""
+    runs = complete_runs(logs)
     if any(r.artifact_bytes is None or r.code_bytes is None for r in runs):
         raise SystemExit("error: a log lacks its size lines (Code size / Total submission size int<bits>+<compressor>)")
-    record = dict(author=args.author, github_id=args.github_id, name=args.name, blurb=args.blurb,
-                  date=args.date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  val_loss=round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8),
-                  val_bpb=round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8),
-                  bytes_total=max(r.artifact_bytes for r in runs), bytes_code=max(r.code_bytes for r in runs))
-    print(json.dumps(record, indent=2))
+    return dict(author=author, github_id=github_id, name=name, blurb=blurb,
+                date=date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                val_loss=round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8),
+                val_bpb=round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8),
+                bytes_total=max(r.artifact_bytes for r in runs), bytes_code=max(r.code_bytes for r in runs))
+
+
+def cmd_submission(args) -> int:
+    print(json.dumps(submission_record(args.logs, args.author, args.github_id, args.name, args.blurb, args.date),
+                     indent=2))
     return 0
 
 
