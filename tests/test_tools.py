@@ -255,7 +255,7 @@ def test_artifact_entropy_prices_each_coding_of_a_real_artifact(tmp_path, capsys
                  "blocks.0.alike.weight": torch.from_numpy(alike).to(torch.int8)}
     blob, _ = train_gpt.serialize_artifact({"quantized": quantized}, "rans")
     (tmp_path / "a.ptz").write_bytes(blob)
-    sizes = artifact_entropy.ideal_bytes(artifact_entropy.quantized_tensors(tmp_path / "a.ptz"))
+    sizes = artifact_entropy.sizes_by_kind(artifact_entropy.quantized_tensors(tmp_path / "a.ptz"))
     n, tensor, row, column = sizes["unlike"]
     assert n == 8192 and tensor == pytest.approx(artifact_entropy.entropy_bits(unlike) / 8)
     assert row == pytest.approx(4096 * 4 / 8, rel=0.02)  # the uniform row's 4 bits a value; the constant one ~0

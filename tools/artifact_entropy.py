@@ -64,7 +64,7 @@ def kind_of(name: str) -> str:
     return re.sub(r"^blocks\.\d+\.", "", name).removesuffix(".weight")
 
 
-def ideal_bytes(tensors: dict[str, np.ndarray]) -> dict[str, list[float]]:
+def sizes_by_kind(tensors: dict[str, np.ndarray]) -> dict[str, list[float]]:
     """kind -> [number of values, then bytes: per tensor, per row, per column]."""
     sizes: dict[str, list[float]] = defaultdict(lambda: [0.0] * 4)
     for name, q in tensors.items():
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {argv[0]} has no intN tensors (an export of QUANT_BITS with every matrix kept float?)",
               file=sys.stderr)
         return 2
-    sizes = ideal_bytes(tensors)
+    sizes = sizes_by_kind(tensors)
     print("| kind | values | per tensor (B) | per row (B) | per column (B) |")
     print("|---|---|---|---|---|")
     for kind, (n, tensor, row, column) in [*sorted(sizes.items()), ("all", [sum(v) for v in zip(*sizes.values())])]:
