@@ -57,8 +57,9 @@ def record_logs() -> dict[str, int]:
 
 
 # What a record log may set apart from the defaults: where the data is, its name, no validation during training (as
-# tools/proxy.sh runs it), and the attention kernel the run found (the log names the one it took, not "auto").
-RECORD_RUN_SETTINGS = {"data_path", "tokenizer_path", "run_id", "val_loss_every", "sdpa_backend"}
+# tools/proxy.sh runs it), the attention kernel the run found (the log names the one it took, not "auto"), and its
+# seed (records.record_log_problem checks it against the file's name).
+RECORD_RUN_SETTINGS = {"data_path", "tokenizer_path", "run_id", "val_loss_every", "sdpa_backend", "seed"}
 
 
 def test_record_logs_are_finished_ten_minute_runs_of_the_committed_script_at_its_defaults():

@@ -34,6 +34,7 @@
 #   one session completes it: part 15's single run took 793 s, two ~1,630 s with the shards' build). Parts 16-17
 #   then pair the bundle with an in-queue defaults run per seed, as before; should the bundle win, the three record
 #   logs are run again with the new defaults.
+#   Ran in session 16 (results/v2_part18/): 1.27158505 and 1.27153699; the logs are the root's train_seed133[89].log.
 #   Parts 19-20 (seeds 1337, 1338; one a session): the records' two architecture switches that no GPU run of ours
 #   has measured with the stack, together against the defaults at P600v2, paired: depth recurrence of blocks 3-5 from
 #   35% of the budget (RECUR_LAYERS=3 RECUR_START=3 RECUR_FROM_FRAC=0.35: the top three records' "loop 3-5 x2 from
