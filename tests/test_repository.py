@@ -8,8 +8,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT, readme_block
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -51,11 +49,6 @@ def test_readme_tiny_example_is_the_command_that_data_tiny_prints(monkeypatch):
     assert "TTT_EPOCHS=0" in printed and "..." not in printed
 
 
-def record_logs() -> dict[str, int]:
-    """The record folder's logs that have landed (README "This record": one device session gives one or two)."""
-    return {name: seed for name, seed in records.RECORD_LOGS.items() if (ROOT / name).is_file()}
-
-
 # What a record log may set apart from the defaults: where the data is, its name, no validation during training (as
 # tools/proxy.sh runs it), the attention kernel the run found (the log names the one it took, not "auto"), and its
 # seed (records.record_log_problem checks it against the file's name).
@@ -66,11 +59,9 @@ def test_record_logs_are_finished_ten_minute_runs_of_the_committed_script_at_its
     """Each log (one H200 each: README "This record") begins with the source it ran, so a change to train_gpt.py
     means running the logs again; its settings are the defaults, and the wallclock cap ended its training."""
     import train_gpt
-    logs = record_logs()
-    assert "train.log" in logs
     source = (ROOT / "train_gpt.py").read_text(encoding="utf-8")
     defaults = {k: str(v) for k, v in train_gpt.Hyperparameters.defaults().items()}
-    for name, seed in logs.items():
+    for name, seed in records.RECORD_LOGS.items():  # all three: README "This record"
         assert records.record_log_problem(ROOT / name, ROOT / "train_gpt.py", seed) is None
         run = records.parse_log(ROOT / name)
         changed = {k for k in defaults if run.settings.get(k) != defaults[k]}
@@ -80,15 +71,16 @@ def test_record_logs_are_finished_ten_minute_runs_of_the_committed_script_at_its
         assert run.world_size == 1 and run.artifact_bytes <= 16_000_000, name
 
 
-def test_submission_json_is_what_records_py_makes_of_the_three_logs():
-    path = ROOT / "submission.json"
-    if not path.exists():
-        assert len(record_logs()) < 3, "three logs and no submission.json: write it (README, 'This record')"
-        pytest.skip("submission.json comes with the third log")
-    assert len(record_logs()) == 3, "submission.json without all three logs"
-    record = json.loads(path.read_text())
-    runs = [records.parse_log(ROOT / name) for name in records.RECORD_LOGS]
+def test_submission_json_is_what_record_folder_py_makes_of_the_three_logs():
+    """Every field but who and when comes from the logs: the mean score, the largest artifact, name and blurb."""
+    import record_folder
+    record = json.loads((ROOT / "submission.json").read_text())
+    logs = [ROOT / name for name in records.RECORD_LOGS]
+    name_and_blurb = record_folder.name_and_blurb(records.parse_log(logs[0]))
+    assert record == records.submission_record(logs, record["author"], record["github_id"], *name_and_blurb,
+                                               record["date"])
+    runs = [records.parse_log(path) for path in logs]
     assert record["val_bpb"] == round(statistics.fmean(r.roundtrip_val_bpb for r in runs), 8)
-    assert record["val_loss"] == round(statistics.fmean(r.roundtrip_val_loss for r in runs), 8)
     assert record["bytes_total"] == max(r.artifact_bytes for r in runs) <= 16_000_000
     assert record["bytes_code"] == len((ROOT / "train_gpt.py").read_bytes())
+    assert len({r.seed for r in runs}) == 3
