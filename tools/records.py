@@ -152,8 +152,7 @@ def apply_match(s: RunSummary, name: str, m: re.Match, gpus: list[str]) -> None:
             s.state = "complete"
 
 
-
-RECORD_LOGS = {"train.log": 1337, "train_seed1338.log": 1338, "train_seed1339.log": 1339}  # a record folder's
+RECORD_LOGS = {"train.log": 1337, "train_seed1338.log": 1338, "train_seed1339.log": 1339}  # a record folder's, by seed
 
 
 def record_log_problem(path: Path, script: Path, seed: int) -> str | None:
@@ -165,6 +164,7 @@ def record_log_problem(path: Path, script: Path, seed: int) -> str | None:
     if not Path(path).read_text(encoding="utf-8").startswith(ran):
         return f"{path} ran another train_gpt.py than {script}: run it again"
     return None
+
 
 # ---- statistics -----------------------------------------------------------------------------
 
